@@ -1,0 +1,90 @@
+//! The plan document: what `plan --format json` prints and `plan --out` saves.
+//!
+//! One type serves both so the saved artifact and the JSON output cannot drift
+//! apart (SPEC section 6). Besides the changes it records the SHA-256 of the plan
+//! file and of every input read, and the state serial it was made against, which
+//! is what lets `apply` refuse a stale plan.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::diff::Diff;
+
+/// The current `format_version`. Readers accept equal versions and refuse others.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Identity of the plan file a document was made from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanMeta {
+    pub name: String,
+    /// SHA-256 of the plan file's bytes.
+    pub config_sha256: String,
+    /// The plan file's path as given to `plan`.
+    #[serde(default)]
+    pub path: String,
+}
+
+/// One file read while planning, with its digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputDigest {
+    /// `source`, `target`, `sku_map`, ...
+    pub role: String,
+    pub path: String,
+    pub sha256: String,
+}
+
+/// The state a plan was made against.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateRef {
+    pub lineage: String,
+    pub serial: u64,
+}
+
+/// A computed plan, ready to render or save.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanArtifact {
+    pub format_version: u32,
+    pub plan: PlanMeta,
+    #[serde(flatten)]
+    pub diff: Diff,
+    /// Files read while planning; `apply` re-hashes them to detect staleness.
+    #[serde(default)]
+    pub inputs: Vec<InputDigest>,
+    /// The state serial the plan was made against (absent before the first apply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<StateRef>,
+}
+
+/// Why a saved plan could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path} is not a stockshift plan file: {source}")]
+    Parse { path: String, source: serde_json::Error },
+    #[error("{path} has format_version {found}; this stockshift reads version {FORMAT_VERSION}")]
+    Version { path: String, found: u32 },
+}
+
+impl PlanArtifact {
+    /// The JSON text (pretty, with a final newline).
+    pub fn to_json(&self) -> String {
+        let mut s = serde_json::to_string_pretty(self).expect("plan documents always serialize");
+        s.push('\n');
+        s
+    }
+
+    /// Reads a saved plan.
+    pub fn read(path: &Path) -> Result<PlanArtifact, ReadError> {
+        let shown = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| ReadError::Io { path: shown.clone(), source })?;
+        let probe: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|source| ReadError::Parse { path: shown.clone(), source })?;
+        let found = probe.get("format_version").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+        if found != FORMAT_VERSION {
+            return Err(ReadError::Version { path: shown, found });
+        }
+        serde_json::from_value(probe).map_err(|source| ReadError::Parse { path: shown, source })
+    }
+}

@@ -1,0 +1,192 @@
+//! The command line: argument definitions and dispatch. Each command's work lives
+//! in `ops`; this module parses, picks output streams and maps results to exit
+//! codes (SPEC section 1).
+
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::artifact::PlanArtifact;
+use crate::config::check::check_file;
+use crate::diag::Diagnostics;
+use crate::render::{self, Format, RenderOptions};
+
+pub use output::Output;
+
+/// Exit codes (SPEC section 1).
+pub mod exit {
+    /// Success (with `--detailed-exitcode`: and no changes).
+    pub const OK: u8 = 0;
+    /// Error; nothing half-done is left unrecorded.
+    pub const ERROR: u8 = 1;
+    /// `plan --detailed-exitcode` found changes.
+    pub const CHANGES: u8 = 2;
+    /// Finished, but writes were refused as conflicts or a threshold was breached.
+    pub const PARTIAL: u8 = 3;
+}
+
+/// Plan, apply, replay and reconcile inventory migrations without stock glitches.
+#[derive(Debug, Parser)]
+#[command(name = "stockshift", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command takes.
+#[derive(Debug, Args, Clone)]
+pub struct GlobalArgs {
+    /// Never colour the output (also when NO_COLOR is set).
+    #[arg(long, global = true)]
+    pub no_color: bool,
+    /// Print only results and errors.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    /// Print more about what is happening.
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// State folder (default: `.stockshift/` beside the plan file).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state: Option<PathBuf>,
+    /// How long to wait for the state lock, e.g. `30s` (default: do not wait).
+    #[arg(long, global = true, value_name = "DURATION", default_value = "0s")]
+    pub lock_timeout: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Parse and check a plan and every file it names; no provider is read.
+    Validate {
+        /// The plan file (YAML).
+        plan: PathBuf,
+    },
+    /// Read source and target, compute the stock writes and print them.
+    Plan(PlanArgs),
+    /// Render a saved plan.
+    Show {
+        /// A plan saved with `plan --out`.
+        file: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
+    /// Print the plan file's JSON Schema.
+    Schema,
+}
+
+/// Arguments of `plan`.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The plan file (YAML).
+    pub plan: PathBuf,
+    /// Save the plan for `apply`.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    pub format: Format,
+    /// Exit 2 when there are changes, 0 when there are none.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let out = Output::new(&cli.global);
+    let code = match run(cli, &out) {
+        Ok(code) => code,
+        Err(e) => {
+            out.error(&e);
+            exit::ERROR
+        }
+    };
+    ExitCode::from(code)
+}
+
+fn run(cli: Cli, out: &Output) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Validate { plan } => validate(&plan, out),
+        Command::Plan(args) => plan(args, out),
+        Command::Show { file, format } => {
+            let doc = PlanArtifact::read(&file)?;
+            out.result(&render::render(&doc, format, &out.render_options(format, "Plan")));
+            Ok(exit::OK)
+        }
+        Command::Schema => {
+            out.result(&crate::config::schema::plan_schema_text());
+            Ok(exit::OK)
+        }
+    }
+}
+
+/// Loads and checks a plan, printing its diagnostics; `None` when it has errors.
+fn checked(path: &std::path::Path, out: &Output) -> Option<crate::config::check::Plan> {
+    match check_file(path) {
+        Ok(plan) => {
+            out.diagnostics(&plan.warnings);
+            Some(plan)
+        }
+        Err(diags) => {
+            out.diagnostics(&diags);
+            None
+        }
+    }
+}
+
+fn validate(path: &std::path::Path, out: &Output) -> anyhow::Result<u8> {
+    let Some(plan) = checked(path, out) else { return Ok(exit::ERROR) };
+    let (diags, rows) = crate::ops::validate::check_inputs(&plan);
+    out.diagnostics(&diags);
+    if diags.has_errors() {
+        out.note(&format!("{} error(s) in {}.", diags.error_count(), plan.file));
+        return Ok(exit::ERROR);
+    }
+    out.result(&format!("Success! {} is valid ({} input row(s) checked).\n", plan.file, rows));
+    Ok(exit::OK)
+}
+
+fn plan(args: PlanArgs, out: &Output) -> anyhow::Result<u8> {
+    let Some(plan) = checked(&args.plan, out) else { return Ok(exit::ERROR) };
+    let doc = match crate::ops::plan::run(&plan, None) {
+        Ok(doc) => doc,
+        Err(crate::ops::plan::PlanError::Input(d)) => {
+            out.diagnostics(&d.0);
+            out.note(&format!(
+                "Nothing was written: fix the {} input problem(s) above and plan again.",
+                d.0.error_count()
+            ));
+            return Ok(exit::ERROR);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let opts = out.render_options(args.format, "Plan");
+    out.result(&render::render(&doc, args.format, &opts));
+    if let Some(path) = &args.out {
+        std::fs::write(path, doc.to_json())
+            .map_err(|e| anyhow::anyhow!("cannot save the plan to {}: {e}", path.display()))?;
+        let msg = format!(
+            "\nSaved the plan to: {0}\n\nTo make exactly these writes, run:\n    stockshift apply {0}\n",
+            path.display()
+        );
+        if args.format == Format::Human { out.result(&msg) } else { out.note(msg.trim()) }
+    }
+    Ok(if args.detailed_exitcode && !doc.diff.is_empty() { exit::CHANGES } else { exit::OK })
+}
+
+/// Diagnostics printing helper shared by commands.
+pub fn print_diagnostics(out: &Output, d: &Diagnostics) {
+    out.diagnostics(d);
+}
+
+impl Output {
+    /// Render options for a format, honouring the colour settings.
+    pub fn render_options(&self, format: Format, title: &str) -> RenderOptions {
+        RenderOptions { color: format == Format::Human && self.color(), title: title.into() }
+    }
+}

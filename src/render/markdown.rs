@@ -1,0 +1,234 @@
+//! `--format markdown`: a GitHub pull-request comment.
+//!
+//! The layout lives in `templates/plan.md.j2` (a minijinja template compiled into
+//! the binary); this module supplies the data, the escaping filters, and the
+//! size budget. GitHub refuses comments over 65,536 characters, so the output is
+//! kept under [`MAX_LEN`] bytes (bytes are never fewer than characters) by
+//! showing only the first change rows that fit, with a notice saying how many
+//! are shown. The number of rows is found by a binary search over renders of at
+//! most `MAX_LEN / 8` rows (a table row has at least 8 `|`), so the cost does
+//! not grow with the size of the plan. The output has no timestamps: the same
+//! document always renders to the same text.
+
+use minijinja::value::{Serde, Value};
+use minijinja::{Environment, UndefinedBehavior, context};
+use serde::Serialize;
+
+use super::{RenderOptions, short_sha};
+use crate::artifact::PlanArtifact;
+use crate::diff::{Action, Change};
+
+/// The output is always shorter than this many bytes (GitHub's comment limit is
+/// 65,536 characters; the rest is headroom for whatever CI wraps around it).
+pub const MAX_LEN: usize = 65_000;
+
+/// At most this many warnings are listed; the rest are counted.
+const MAX_WARNINGS: usize = 50;
+/// A longer warning, plan name or title is cut to this many characters.
+const MAX_TEXT: usize = 500;
+/// A table row has at least this many bytes (its 8 `|`), which bounds how many
+/// rows can ever fit.
+const MIN_ROW_LEN: usize = 8;
+
+const TEMPLATE_NAME: &str = "plan.md.j2";
+const TEMPLATE: &str = include_str!("../../templates/plan.md.j2");
+
+/// One change as the template sees it.
+#[derive(Serialize)]
+struct Row<'a> {
+    location: &'a str,
+    sku: &'a str,
+    action: Action,
+    before: Option<i64>,
+    after: i64,
+    delta: i64,
+    orphan: bool,
+    bundle: bool,
+    note: &'a str,
+}
+
+impl<'a> From<&'a Change> for Row<'a> {
+    fn from(c: &'a Change) -> Row<'a> {
+        Row {
+            location: &c.location,
+            sku: &c.sku,
+            action: c.action,
+            before: c.before,
+            after: c.after,
+            delta: c.delta(),
+            orphan: c.orphan,
+            bundle: c.bundle,
+            note: &c.note,
+        }
+    }
+}
+
+/// The counts shown in the summary table.
+#[derive(Serialize)]
+struct Counts {
+    create: u64,
+    update: u64,
+    unchanged: u64,
+    decreases: u64,
+    zeroed: u64,
+}
+
+/// The pull-request comment for `doc`.
+pub fn render(doc: &PlanArtifact, opts: &RenderOptions) -> String {
+    let env = environment();
+    let template = env.get_template(TEMPLATE_NAME).expect("the built-in template is valid");
+
+    let diff = &doc.diff;
+    let total = diff.changes.len();
+    let warnings: Vec<String> = diff.warnings.iter().take(MAX_WARNINGS).map(|w| cut(w)).collect();
+    let base = context! {
+        title => cut(&opts.title),
+        name => cut(&doc.plan.name),
+        config_sha => short_sha(&doc.plan.config_sha256),
+        summary => Value::from(Serde(Counts {
+            create: diff.summary.create,
+            update: diff.summary.update,
+            unchanged: diff.summary.unchanged,
+            decreases: diff.decreases() as u64,
+            zeroed: diff.zeroed() as u64,
+        })),
+        total,
+        warnings,
+        hidden_warnings => diff.warnings.len().saturating_sub(MAX_WARNINGS),
+    };
+
+    // Only rows that could possibly fit are ever converted or rendered.
+    let rows: Vec<Value> =
+        diff.changes.iter().take(MAX_LEN / MIN_ROW_LEN + 1).map(|c| Value::from(Serde(Row::from(c)))).collect();
+    let render_rows = |shown: usize| -> String {
+        let ctx = context! {
+            changes => Value::from(rows[..shown].to_vec()),
+            shown,
+            ..base.clone()
+        };
+        let mut out = template.render(ctx).expect("the built-in template renders every document");
+        out.truncate(out.trim_end().len());
+        out.push('\n');
+        out
+    };
+
+    if rows.len() == total {
+        let all = render_rows(total);
+        if all.len() < MAX_LEN {
+            return all;
+        }
+    }
+    // The largest count that fits. Below `total` the length grows with every
+    // row, so a binary search finds it; 0 rows always fit (the rest is bounded).
+    let (mut fits, mut too_many) = (0, rows.len().min(total.saturating_sub(1)) + 1);
+    while too_many - fits > 1 {
+        let mid = fits + (too_many - fits) / 2;
+        if render_rows(mid).len() < MAX_LEN {
+            fits = mid;
+        } else {
+            too_many = mid;
+        }
+    }
+    render_rows(fits)
+}
+
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_syntax(
+        minijinja::syntax::SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .build()
+            .expect("the syntax configuration is valid"),
+    );
+    env.add_filter("md_text", |s: &str| md_text(s));
+    env.add_filter("md_code", |s: &str| md_code(s));
+    env.add_filter("num", |n: i64| thousands(n));
+    env.add_filter("signed", |n: i64| if n > 0 { format!("+{}", thousands(n)) } else { thousands(n) });
+    env.add_template(TEMPLATE_NAME, TEMPLATE).expect("the built-in template parses");
+    env
+}
+
+/// `s` cut to [`MAX_TEXT`] characters, with `…` when cut.
+fn cut(s: &str) -> String {
+    match s.char_indices().nth(MAX_TEXT) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// `1234567` as `1,234,567`.
+fn thousands(n: i64) -> String {
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);
+    if n < 0 {
+        out.push('-');
+    }
+    for (i, d) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(d);
+    }
+    out
+}
+
+/// Plain text made inert for inline Markdown, also inside a table cell or after
+/// a list marker: every character GitHub Flavored Markdown gives a meaning to
+/// inside a line (emphasis, code, links, HTML, entities, tables, strikethrough,
+/// math) is backslash-escaped, as is a leading block marker (`#`, `-`, `+`, `1.`);
+/// line breaks and other control characters become spaces so the value stays on
+/// its line.
+fn md_text(s: &str) -> String {
+    let s = s.trim_start();
+    let mut out = String::with_capacity(s.len() + 8);
+    // A leading `#`, `-` or `+`, or the `.`/`)` of a leading number, would start
+    // a heading or a list.
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    let block_marker = match s.as_bytes().first() {
+        Some(b'#' | b'-' | b'+') => Some(0),
+        Some(b'0'..=b'9') if matches!(s.as_bytes().get(digits), Some(b'.' | b')')) => Some(digits),
+        _ => None,
+    };
+    for (i, c) in s.char_indices() {
+        match c {
+            '\\' | '`' | '*' | '_' | '[' | ']' | '<' | '>' | '|' | '~' | '$' | '&' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_control() => out.push(' '),
+            c => {
+                if block_marker == Some(i) {
+                    out.push('\\');
+                }
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// `s` as an inline code span, safe inside a table cell: the fence is longer
+/// than any run of backticks inside, `|` is escaped (GitHub unescapes `\|` in
+/// table cells even inside code), and control characters become spaces. Code
+/// spans also keep `@mentions`, `#refs` and emphasis from being interpreted.
+fn md_code(s: &str) -> String {
+    if s.is_empty() {
+        return String::new();
+    }
+    let body: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect::<String>().replace('|', "\\|");
+    let mut longest = 0;
+    let mut run = 0;
+    for c in body.chars() {
+        run = if c == '`' { run + 1 } else { 0 };
+        longest = longest.max(run);
+    }
+    let fence = "`".repeat(longest + 1);
+    // CommonMark strips one space from each end of a code span when both ends
+    // have one (unless it is all spaces), and a backtick at an end would merge
+    // with the fence: pad with a space on each side in those cases.
+    let strips = body.starts_with(' ') && body.ends_with(' ') && body.trim() != "";
+    let space = if strips || body.starts_with('`') || body.ends_with('`') { " " } else { "" };
+    format!("{fence}{space}{body}{space}{fence}")
+}

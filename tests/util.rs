@@ -1,0 +1,64 @@
+//! Shared test helpers: the built binary, temporary folders and golden files.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A command running the built `stockshift` binary, with colour and the
+/// environment's NO_COLOR cleared so output is deterministic.
+pub fn stockshift() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_stockshift"));
+    c.env_remove("NO_COLOR");
+    c
+}
+
+/// Runs a command and returns (exit code, stdout, stderr).
+pub fn run(cmd: &mut Command) -> (i32, String, String) {
+    let Output { status, stdout, stderr } = cmd.output().expect("the binary runs");
+    (
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
+}
+
+/// Compares `actual` with the golden file at `tests/golden/<name>`. With
+/// `UPDATE_GOLDEN=1` the file is rewritten instead; review the diff before committing.
+pub fn golden(name: &str, actual: &str) {
+    let path = root().join("tests/golden").join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("missing golden file {}; run with UPDATE_GOLDEN=1 to create it", path.display()));
+    if expected != actual {
+        let diff = similar::TextDiff::from_lines(&expected, actual);
+        let mut shown = String::new();
+        for op in diff.unified_diff().context_radius(3).iter_hunks() {
+            shown.push_str(&op.to_string());
+        }
+        panic!("{} differs from the output (run with UPDATE_GOLDEN=1 to accept):\n{shown}", path.display());
+    }
+}
+
+/// Copies a folder recursively (fixtures into a temporary folder).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let dest = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), dest).unwrap();
+        }
+    }
+}
