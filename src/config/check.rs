@@ -40,6 +40,11 @@ impl Plan {
         self.dir.join(p)
     }
 
+    /// The state folder: `--state DIR` when given, else `.stockshift/` beside the plan.
+    pub fn state_dir(&self, over: Option<&Path>) -> PathBuf {
+        over.map(Path::to_path_buf).unwrap_or_else(|| self.dir.join(".stockshift"))
+    }
+
     /// How to show a path from the plan in messages (relative to where the user is).
     pub fn shown(&self, p: &str) -> String {
         display_join(&self.dir, p)
