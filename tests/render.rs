@@ -301,7 +301,21 @@ fn markdown_caps_warnings() {
     doc.diff.warnings = (0..10_000).map(|i| format!("warning {i} {}", "x".repeat(2_000))).collect();
     let md = render::markdown::render(&doc, &opts("Plan"));
     assert!(md.len() < render::markdown::MAX_LEN);
-    assert!(md.contains("and 9,950 more"), "{}", &md[md.len() - 300..]);
+    assert!(md.contains("and 9,970 more"), "{}", &md[md.len() - 300..]);
+}
+
+#[test]
+fn markdown_stays_under_the_limit_with_huge_texts() {
+    // Four-byte characters and characters that double when escaped, everywhere.
+    let huge = "🦀*".repeat(5_000);
+    let mut doc = large(10);
+    doc.plan.name = huge.clone();
+    doc.diff.warnings = vec![huge.clone(); 1_000];
+    doc.diff.changes[0].note = huge.clone();
+    doc.diff.changes[1].sku = huge;
+    let md = render::markdown::render(&doc, &RenderOptions { color: false, title: "🦀".repeat(10_000) });
+    assert!(md.len() < render::markdown::MAX_LEN, "{} bytes", md.len());
+    assert!(md.contains("Showing 1 of 10 changes"), "the long note fits, the long SKU does not");
 }
 
 #[test]

@@ -23,9 +23,12 @@ use crate::diff::{Action, Change};
 pub const MAX_LEN: usize = 65_000;
 
 /// At most this many warnings are listed; the rest are counted.
-const MAX_WARNINGS: usize = 50;
-/// A longer warning, plan name or title is cut to this many characters.
-const MAX_TEXT: usize = 500;
+const MAX_WARNINGS: usize = 30;
+/// A longer warning, plan name or title is cut to this many characters. With
+/// [`MAX_WARNINGS`] this bounds everything but the rows: a character takes at
+/// most 4 bytes (an escaped one 2), so at most 32 texts × 1,200 bytes plus the
+/// fixed text, well under [`MAX_LEN`]; 0 rows therefore always fit.
+const MAX_TEXT: usize = 300;
 /// A table row has at least this many bytes (its 8 `|`), which bounds how many
 /// rows can ever fit.
 const MIN_ROW_LEN: usize = 8;
@@ -119,7 +122,7 @@ pub fn render(doc: &PlanArtifact, opts: &RenderOptions) -> String {
         }
     }
     // The largest count that fits. Below `total` the length grows with every
-    // row, so a binary search finds it; 0 rows always fit (the rest is bounded).
+    // row, so a binary search finds it; 0 rows always fit (see `MAX_TEXT`).
     let (mut fits, mut too_many) = (0, rows.len().min(total.saturating_sub(1)) + 1);
     while too_many - fits > 1 {
         let mid = fits + (too_many - fits) / 2;
