@@ -54,6 +54,9 @@ pub struct PlanArtifact {
     /// The state serial the plan was made against (absent before the first apply).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<StateRef>,
+    /// For a rollback plan: the operation it undoes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_of: Option<String>,
 }
 
 /// Why a saved plan could not be read.
@@ -73,6 +76,12 @@ impl PlanArtifact {
         let mut s = serde_json::to_string_pretty(self).expect("plan documents always serialize");
         s.push('\n');
         s
+    }
+
+    /// SHA-256 of the document's JSON text: the identity of "this exact plan".
+    pub fn sha256(&self) -> String {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(self.to_json().as_bytes()))
     }
 
     /// Reads a saved plan.

@@ -18,3 +18,4 @@ pub mod mapping;
 pub mod ops;
 pub mod provider;
 pub mod render;
+pub mod state;

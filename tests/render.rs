@@ -38,6 +38,7 @@ fn artifact(name: &str, diff: Diff) -> PlanArtifact {
             sha256: "0".repeat(64),
         }],
         state: None,
+        rollback_of: None,
     }
 }
 

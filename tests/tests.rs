@@ -2,6 +2,7 @@
 
 mod util;
 
+mod apply;
 mod plan_cli;
 mod render;
 mod schema;

@@ -2,6 +2,7 @@
 //! in `ops`; this module parses, picks output streams and maps results to exit
 //! codes (SPEC section 1).
 
+mod apply;
 mod output;
 
 use std::path::PathBuf;
@@ -75,6 +76,22 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
     },
+    /// Make the writes of a saved plan, or plan, confirm and apply a plan file.
+    Apply(apply::ApplyArgs),
+    /// Plan (and with --auto-approve make) the writes that undo an apply.
+    Rollback(apply::RollbackArgs),
+    /// Read the audit log of inventory writes.
+    Audit(apply::AuditArgs),
+    /// Inspect the state store's operations.
+    #[command(subcommand)]
+    State(apply::StateCommand),
+    /// Release a state lock left by a process that is gone.
+    ForceUnlock {
+        /// The lock id, as printed when the lock was refused.
+        id: String,
+        /// A plan file; its state folder is used (or give --state).
+        plan: Option<PathBuf>,
+    },
     /// Print the plan file's JSON Schema.
     Schema,
 }
@@ -110,9 +127,15 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli, out: &Output) -> anyhow::Result<u8> {
+    let g = &cli.global;
     match cli.command {
+        Command::Apply(args) => apply::run_apply(args, g, out),
+        Command::Rollback(args) => apply::run_rollback(args, g, out),
+        Command::Audit(args) => apply::run_audit(args, g, out),
+        Command::State(cmd) => apply::run_state(cmd, g, out),
+        Command::ForceUnlock { id, plan } => apply::run_force_unlock(&id, plan.as_deref(), g, out),
         Command::Validate { plan } => validate(&plan, out),
-        Command::Plan(args) => plan(args, out),
+        Command::Plan(args) => plan(args, g, out),
         Command::Show { file, format } => {
             let doc = PlanArtifact::read(&file)?;
             out.result(&render::render(&doc, format, &out.render_options(format, "Plan")));
@@ -151,9 +174,16 @@ fn validate(path: &std::path::Path, out: &Output) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
-fn plan(args: PlanArgs, out: &Output) -> anyhow::Result<u8> {
+fn plan(args: PlanArgs, g: &GlobalArgs, out: &Output) -> anyhow::Result<u8> {
     let Some(plan) = checked(&args.plan, out) else { return Ok(exit::ERROR) };
-    let doc = match crate::ops::plan::run(&plan, None) {
+    // The state serial the plan is made against: a later apply refuses it once the serial moves.
+    let state = crate::state::StateStore::open_existing(&plan.state_dir(g.state.as_deref()))?;
+    let state_ref = state
+        .as_ref()
+        .map(|s| s.lineage_serial())
+        .transpose()?
+        .map(|(lineage, serial)| crate::artifact::StateRef { lineage, serial });
+    let doc = match crate::ops::plan::run(&plan, state_ref) {
         Ok(doc) => doc,
         Err(crate::ops::plan::PlanError::Input(d)) => {
             out.diagnostics(&d.0);
@@ -177,6 +207,16 @@ fn plan(args: PlanArgs, out: &Output) -> anyhow::Result<u8> {
         if args.format == Format::Human { out.result(&msg) } else { out.note(msg.trim()) }
     }
     Ok(if args.detailed_exitcode && !doc.diff.is_empty() { exit::CHANGES } else { exit::OK })
+}
+
+/// Parses `--lock-timeout` style durations: `0s`, `30s`, `2m`, `1h30m`.
+pub fn parse_duration(s: &str) -> anyhow::Result<std::time::Duration> {
+    let d: jiff::SignedDuration =
+        s.parse().map_err(|_| anyhow::anyhow!("invalid duration {s:?}: use e.g. `0s`, `30s`, `2m`"))?;
+    if d.is_negative() {
+        anyhow::bail!("invalid duration {s:?}: must not be negative");
+    }
+    Ok(d.unsigned_abs())
 }
 
 /// Diagnostics printing helper shared by commands.

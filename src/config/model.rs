@@ -121,6 +121,14 @@ pub struct SqliteProviderConfig {
     /// Column names, when they differ from `sku`, `location`, `qty`, `version`.
     #[serde(default)]
     pub columns: ColumnsConfig,
+    /// Conditional writes per transaction when this is the target.
+    #[serde(default = "default_sqlite_batch")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub batch_size: usize,
+}
+
+fn default_sqlite_batch() -> usize {
+    2000
 }
 
 fn default_table() -> String {

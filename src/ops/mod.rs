@@ -1,5 +1,8 @@
 //! Operations: what each command does, built from config, providers, the diff
 //! engine and the state store. The CLI parses arguments and calls these.
 
+pub mod apply;
+pub mod metrics;
 pub mod plan;
+pub mod rollback;
 pub mod validate;

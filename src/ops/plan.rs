@@ -104,6 +104,7 @@ pub fn run(plan: &Plan, state: Option<StateRef>) -> Result<PlanArtifact, PlanErr
         diff,
         inputs,
         state,
+        rollback_of: None,
     })
 }
 

@@ -92,6 +92,29 @@ pub trait Provider {
     fn read(&mut self, sink: &mut dyn RowSink) -> Result<ReadInfo, ProviderError>;
     /// Makes conditional writes; returns one outcome per write, in order.
     fn write_batch(&mut self, writes: &[Write]) -> Result<Vec<WriteOutcome>, ProviderError>;
+
+    /// Current quantities of some keys (`None`: absent). The default reads the
+    /// whole snapshot; providers with point reads override it.
+    fn read_keys(&mut self, keys: &[(String, String)]) -> Result<Vec<Option<i64>>, ProviderError> {
+        struct Pick<'a> {
+            want: std::collections::HashMap<(&'a str, &'a str), usize>,
+            out: Vec<Option<i64>>,
+        }
+        impl RowSink for Pick<'_> {
+            fn row(&mut self, sku: &str, location: &str, qty: i64, _line: u64) {
+                if let Some(&i) = self.want.get(&(sku, location)) {
+                    self.out[i] = Some(qty);
+                }
+            }
+            fn problem(&mut self, _: u64, _: usize, _: String, _: String) {}
+        }
+        let mut pick = Pick {
+            want: keys.iter().enumerate().map(|(i, (s, l))| ((s.as_str(), l.as_str()), i)).collect(),
+            out: vec![None; keys.len()],
+        };
+        self.read(&mut pick)?;
+        Ok(pick.out)
+    }
 }
 
 /// Opens the provider a plan names. Paths resolve against `base` (the plan's folder).

@@ -14,6 +14,7 @@ pub struct SqliteProvider {
     path: PathBuf,
     table: String,
     columns: ColumnsConfig,
+    batch_size: usize,
     conn: Option<Connection>,
 }
 
@@ -23,7 +24,13 @@ pub const SQLITE_BATCH: usize = 2000;
 
 impl SqliteProvider {
     pub fn new(path: PathBuf, table: String, columns: ColumnsConfig) -> Self {
-        SqliteProvider { path, table, columns, conn: None }
+        SqliteProvider { path, table, columns, batch_size: SQLITE_BATCH, conn: None }
+    }
+
+    /// Sets the number of writes per transaction.
+    pub fn with_batch_size(mut self, n: usize) -> Self {
+        self.batch_size = n.max(1);
+        self
     }
 
     fn err(&self, message: impl std::fmt::Display) -> ProviderError {
@@ -104,7 +111,7 @@ impl Provider for SqliteProvider {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { compare: CompareMode::Native, max_batch: SQLITE_BATCH, max_requests_per_sec: None }
+        Capabilities { compare: CompareMode::Native, max_batch: self.batch_size, max_requests_per_sec: None }
     }
 
     fn read(&mut self, sink: &mut dyn RowSink) -> Result<ReadInfo, ProviderError> {

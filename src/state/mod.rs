@@ -1,0 +1,667 @@
+//! The state store: what stockshift has done to the target.
+//!
+//! One SQLite file, `state.db`, in the state folder (`--state DIR`, default
+//! `.stockshift/` beside the plan). It holds:
+//!
+//! - `meta`: the lineage (a UUID fixed when the state is created) and the serial,
+//!   which moves each time a new operation starts writing, so a plan made before
+//!   it is known to be stale;
+//! - `operations`: one row per apply, rollback, replay or fix: id, kind, plan
+//!   hash, who, host, when, status and outcome counts;
+//! - `intents`: the journal written *before* each batch of writes;
+//! - `audit`: one row per write *after* it was attempted: key, before, after,
+//!   outcome. Together with `intents` this is what lets a killed apply resume
+//!   with nothing lost or doubled;
+//! - `lock`: at most one row, the operation currently allowed to write.
+
+pub mod lock;
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use crate::provider::WriteOutcome;
+
+/// Errors of the state store.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state store {path}: {source}")]
+    Sqlite { path: String, source: rusqlite::Error },
+    #[error("state store {path}: {message}")]
+    Io { path: String, message: String },
+}
+
+/// Who is running stockshift: recorded with every operation and audit row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Actor {
+    pub user: String,
+    pub host: String,
+    pub pid: u32,
+    /// The command line, e.g. `apply demo.plan.json`.
+    pub command: String,
+}
+
+impl Actor {
+    /// The current process.
+    pub fn current(command: impl Into<String>) -> Actor {
+        let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
+        let host = gethostname::gethostname().to_string_lossy().into_owned();
+        Actor { user, host, pid: std::process::id(), command: command.into() }
+    }
+}
+
+/// The kinds of operation that write inventory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpKind {
+    Apply,
+    Rollback,
+    Replay,
+    Fix,
+    Admin,
+}
+
+impl OpKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpKind::Apply => "apply",
+            OpKind::Rollback => "rollback",
+            OpKind::Replay => "replay",
+            OpKind::Fix => "fix",
+            OpKind::Admin => "admin",
+        }
+    }
+
+    fn parse(s: &str) -> OpKind {
+        match s {
+            "rollback" => OpKind::Rollback,
+            "replay" => OpKind::Replay,
+            "fix" => OpKind::Fix,
+            "admin" => OpKind::Admin,
+            _ => OpKind::Apply,
+        }
+    }
+}
+
+/// One operation as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Operation {
+    pub id: String,
+    pub kind: OpKind,
+    pub plan_name: String,
+    pub plan_sha256: String,
+    /// SHA-256 of the plan document applied; the same document resumes the same operation.
+    pub artifact_sha256: String,
+    pub user: String,
+    pub host: String,
+    pub command: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    /// `running`, `complete`, `partial` (conflicts or failures), `interrupted`.
+    pub status: String,
+    /// The serial this operation moved the state to.
+    pub serial: u64,
+    pub writes: u64,
+    pub applied: u64,
+    pub already_applied: u64,
+    pub conflicts: u64,
+    pub failed: u64,
+    /// For a rollback: the operation it undoes.
+    pub rollback_of: Option<String>,
+    /// For an undone operation: the rollback that undid it.
+    pub rolled_back_by: Option<String>,
+}
+
+/// One audited write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditRecord {
+    pub at: String,
+    pub op_id: String,
+    pub kind: OpKind,
+    pub user: String,
+    pub host: String,
+    pub command: String,
+    pub seq: u64,
+    pub sku: String,
+    pub location: String,
+    /// The value the write expected (`None`: the key was absent).
+    pub before: Option<i64>,
+    pub after: i64,
+    /// `applied`, `already_applied`, `conflict`, `failed`.
+    pub outcome: String,
+    /// For a conflict: what the target held instead.
+    pub found: Option<i64>,
+    pub error: Option<String>,
+}
+
+/// What a new operation is about.
+#[derive(Debug, Clone, Copy)]
+pub struct NewOperation<'a> {
+    pub plan_name: &'a str,
+    pub plan_sha256: &'a str,
+    /// SHA-256 of the plan document; the same document later resumes this operation.
+    pub artifact_sha256: &'a str,
+    pub writes: u64,
+    pub rollback_of: Option<&'a str>,
+}
+
+/// A write to record in the audit log.
+#[derive(Debug, Clone)]
+pub struct WriteRecord<'a> {
+    pub seq: u64,
+    pub sku: &'a str,
+    pub location: &'a str,
+    pub before: Option<i64>,
+    pub after: i64,
+    pub outcome: &'a WriteOutcome,
+}
+
+/// Outcome counts of an operation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub applied: u64,
+    pub already_applied: u64,
+    pub conflicts: u64,
+    pub failed: u64,
+}
+
+impl Counts {
+    pub fn add(&mut self, o: &WriteOutcome) {
+        match o {
+            WriteOutcome::Applied => self.applied += 1,
+            WriteOutcome::AlreadyApplied => self.already_applied += 1,
+            WriteOutcome::Conflict { .. } => self.conflicts += 1,
+            WriteOutcome::Failed { .. } => self.failed += 1,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.applied + self.already_applied + self.conflicts + self.failed
+    }
+}
+
+/// The outcome's name as stored.
+pub fn outcome_name(o: &WriteOutcome) -> &'static str {
+    match o {
+        WriteOutcome::Applied => "applied",
+        WriteOutcome::AlreadyApplied => "already_applied",
+        WriteOutcome::Conflict { .. } => "conflict",
+        WriteOutcome::Failed { .. } => "failed",
+    }
+}
+
+/// The open state store.
+pub struct StateStore {
+    path: PathBuf,
+    conn: Connection,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS operations (
+  id TEXT PRIMARY KEY,
+  kind TEXT NOT NULL,
+  plan_name TEXT NOT NULL,
+  plan_sha256 TEXT NOT NULL,
+  artifact_sha256 TEXT NOT NULL,
+  user TEXT NOT NULL,
+  host TEXT NOT NULL,
+  command TEXT NOT NULL,
+  started_at TEXT NOT NULL,
+  finished_at TEXT,
+  status TEXT NOT NULL,
+  serial INTEGER NOT NULL,
+  writes INTEGER NOT NULL DEFAULT 0,
+  applied INTEGER NOT NULL DEFAULT 0,
+  already_applied INTEGER NOT NULL DEFAULT 0,
+  conflicts INTEGER NOT NULL DEFAULT 0,
+  failed INTEGER NOT NULL DEFAULT 0,
+  rollback_of TEXT,
+  rolled_back_by TEXT
+);
+CREATE INDEX IF NOT EXISTS operations_artifact ON operations (artifact_sha256);
+CREATE TABLE IF NOT EXISTS intents (
+  op_id TEXT NOT NULL,
+  first_seq INTEGER NOT NULL,
+  last_seq INTEGER NOT NULL,
+  at TEXT NOT NULL,
+  PRIMARY KEY (op_id, first_seq)
+);
+CREATE TABLE IF NOT EXISTS audit (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  at TEXT NOT NULL,
+  op_id TEXT NOT NULL,
+  seq INTEGER NOT NULL,
+  sku TEXT NOT NULL,
+  location TEXT NOT NULL,
+  before INTEGER,
+  after INTEGER NOT NULL,
+  outcome TEXT NOT NULL,
+  found INTEGER,
+  error TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS audit_op_seq ON audit (op_id, seq);
+CREATE INDEX IF NOT EXISTS audit_sku ON audit (sku);
+CREATE TABLE IF NOT EXISTS lock (
+  one INTEGER PRIMARY KEY CHECK (one = 1),
+  id TEXT NOT NULL,
+  operation TEXT NOT NULL,
+  user TEXT NOT NULL,
+  host TEXT NOT NULL,
+  pid INTEGER NOT NULL,
+  started_at TEXT NOT NULL
+);
+";
+
+/// Now, as an RFC 3339 timestamp (UTC, seconds).
+pub fn now() -> String {
+    jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or(jiff::Timestamp::now()).to_string()
+}
+
+impl StateStore {
+    fn err(&self, source: rusqlite::Error) -> StateError {
+        StateError::Sqlite { path: self.path.display().to_string(), source }
+    }
+
+    /// Opens the store in `dir`, creating the folder, the file and a new lineage when absent.
+    pub fn open(dir: &Path) -> Result<StateStore, StateError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StateError::Io { path: dir.display().to_string(), message: format!("cannot create: {e}") })?;
+        let path = dir.join("state.db");
+        let shown = path.display().to_string();
+        let conn = Connection::open(&path).map_err(|source| StateError::Sqlite { path: shown.clone(), source })?;
+        let store = StateStore { path, conn };
+        store
+            .conn
+            .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000;")
+            .map_err(|e| store.err(e))?;
+        store.conn.execute_batch(SCHEMA).map_err(|e| store.err(e))?;
+        store
+            .conn
+            .execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('lineage', ?1), ('serial', '0')",
+                params![uuid::Uuid::new_v4().to_string()],
+            )
+            .map_err(|e| store.err(e))?;
+        Ok(store)
+    }
+
+    /// Opens the store only if it exists (for `plan`, which must not create state).
+    pub fn open_existing(dir: &Path) -> Result<Option<StateStore>, StateError> {
+        if dir.join("state.db").is_file() { StateStore::open(dir).map(Some) } else { Ok(None) }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// The lineage and current serial.
+    pub fn lineage_serial(&self) -> Result<(String, u64), StateError> {
+        let get = |k: &str| -> Result<String, StateError> {
+            self.conn.query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get(0)).map_err(|e| self.err(e))
+        };
+        Ok((get("lineage")?, get("serial")?.parse().unwrap_or(0)))
+    }
+
+    /// Starts a new operation: moves the serial and records it as running.
+    pub fn begin(&mut self, kind: OpKind, new: &NewOperation<'_>, actor: &Actor) -> Result<Operation, StateError> {
+        let NewOperation { plan_name, plan_sha256, artifact_sha256, writes, rollback_of } = *new;
+        let id = uuid::Uuid::new_v4().to_string();
+        let started = now();
+        let path = self.path.display().to_string();
+        let fail = |source| StateError::Sqlite { path: path.clone(), source };
+        let tx = self.conn.transaction().map_err(fail)?;
+        let serial: u64 = tx
+            .query_row("SELECT value FROM meta WHERE key = 'serial'", [], |r| r.get::<_, String>(0))
+            .map_err(fail)?
+            .parse::<u64>()
+            .unwrap_or(0)
+            + 1;
+        let run = || -> rusqlite::Result<()> {
+            tx.execute("UPDATE meta SET value = ?1 WHERE key = 'serial'", [serial.to_string()])?;
+            tx.execute("UPDATE operations SET status = 'interrupted' WHERE status = 'running'", [])?;
+            tx.execute(
+                "INSERT INTO operations (id, kind, plan_name, plan_sha256, artifact_sha256, user, host, command, started_at, status, serial, writes, rollback_of)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'running', ?10, ?11, ?12)",
+                params![
+                    id,
+                    kind.as_str(),
+                    plan_name,
+                    plan_sha256,
+                    artifact_sha256,
+                    actor.user,
+                    actor.host,
+                    actor.command,
+                    started,
+                    serial as i64,
+                    writes as i64,
+                    rollback_of
+                ],
+            )?;
+            Ok(())
+        };
+        run().map_err(fail)?;
+        tx.commit().map_err(fail)?;
+        self.operation(&id)?.ok_or_else(|| StateError::Io {
+            path: self.path.display().to_string(),
+            message: "operation vanished".into(),
+        })
+    }
+
+    /// Marks an operation running again (a resume) without moving the serial.
+    pub fn resume(&mut self, id: &str) -> Result<(), StateError> {
+        self.conn
+            .execute("UPDATE operations SET status = 'running', finished_at = NULL WHERE id = ?1", [id])
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The operation that applied this exact plan document, if any.
+    pub fn operation_for_artifact(&self, artifact_sha256: &str) -> Result<Option<Operation>, StateError> {
+        let id: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT id FROM operations WHERE artifact_sha256 = ?1 ORDER BY serial DESC LIMIT 1",
+                [artifact_sha256],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        match id {
+            Some(id) => self.operation(&id),
+            None => Ok(None),
+        }
+    }
+
+    /// The operation with the highest serial.
+    pub fn last_operation(&self) -> Result<Option<Operation>, StateError> {
+        let id: Option<String> = self
+            .conn
+            .query_row("SELECT id FROM operations ORDER BY serial DESC LIMIT 1", [], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))?;
+        match id {
+            Some(id) => self.operation(&id),
+            None => Ok(None),
+        }
+    }
+
+    fn row_to_op(r: &rusqlite::Row<'_>) -> rusqlite::Result<Operation> {
+        Ok(Operation {
+            id: r.get(0)?,
+            kind: OpKind::parse(&r.get::<_, String>(1)?),
+            plan_name: r.get(2)?,
+            plan_sha256: r.get(3)?,
+            artifact_sha256: r.get(4)?,
+            user: r.get(5)?,
+            host: r.get(6)?,
+            command: r.get(7)?,
+            started_at: r.get(8)?,
+            finished_at: r.get(9)?,
+            status: r.get(10)?,
+            serial: r.get::<_, i64>(11)? as u64,
+            writes: r.get::<_, i64>(12)? as u64,
+            applied: r.get::<_, i64>(13)? as u64,
+            already_applied: r.get::<_, i64>(14)? as u64,
+            conflicts: r.get::<_, i64>(15)? as u64,
+            failed: r.get::<_, i64>(16)? as u64,
+            rollback_of: r.get(17)?,
+            rolled_back_by: r.get(18)?,
+        })
+    }
+
+    const OP_COLS: &'static str = "id, kind, plan_name, plan_sha256, artifact_sha256, user, host, command, started_at, finished_at, status, serial, writes, applied, already_applied, conflicts, failed, rollback_of, rolled_back_by";
+
+    /// One operation by id (a unique prefix of the id is accepted).
+    pub fn operation(&self, id: &str) -> Result<Option<Operation>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!(
+                "SELECT {} FROM operations WHERE id LIKE ?1 || '%' ORDER BY serial DESC LIMIT 2",
+                Self::OP_COLS
+            ))
+            .map_err(|e| self.err(e))?;
+        let ops: Vec<Operation> = stmt
+            .query_map([id], Self::row_to_op)
+            .map_err(|e| self.err(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(if ops.len() == 1 { ops.into_iter().next() } else { ops.into_iter().find(|o| o.id == id) })
+    }
+
+    /// Every operation, newest first.
+    pub fn operations(&self) -> Result<Vec<Operation>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT {} FROM operations ORDER BY serial DESC", Self::OP_COLS))
+            .map_err(|e| self.err(e))?;
+        let ops = stmt
+            .query_map([], Self::row_to_op)
+            .map_err(|e| self.err(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(ops)
+    }
+
+    /// The sequence numbers of an operation's writes that have an outcome.
+    pub fn done_seqs(&self, op_id: &str) -> Result<Vec<u64>, StateError> {
+        let mut stmt = self.conn.prepare("SELECT seq FROM audit WHERE op_id = ?1").map_err(|e| self.err(e))?;
+        let v = stmt
+            .query_map([op_id], |r| r.get::<_, i64>(0).map(|s| s as u64))
+            .map_err(|e| self.err(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(v)
+    }
+
+    /// The writes of an operation that need no further attempt: applied, already
+    /// applied, or refused as conflicts (conflicts are never retried blindly).
+    pub fn done_seqs_final(&self, op_id: &str) -> Result<std::collections::HashSet<u64>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT seq FROM audit WHERE op_id = ?1 AND outcome IN ('applied', 'already_applied', 'conflict')")
+            .map_err(|e| self.err(e))?;
+        let v = stmt
+            .query_map([op_id], |r| r.get::<_, i64>(0).map(|s| s as u64))
+            .map_err(|e| self.err(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(v)
+    }
+
+    /// Journals the intent to write `first..=last` before the writes are made.
+    pub fn intent(&mut self, op_id: &str, first: u64, last: u64) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO intents (op_id, first_seq, last_seq, at) VALUES (?1, ?2, ?3, ?4)",
+                params![op_id, first as i64, last as i64, now()],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Records the outcome of written batch, in one transaction.
+    pub fn record(&mut self, op_id: &str, writes: &[WriteRecord<'_>]) -> Result<(), StateError> {
+        let at = now();
+        let path = self.path.display().to_string();
+        let fail = |source| StateError::Sqlite { path: path.clone(), source };
+        let tx = self.conn.transaction().map_err(fail)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO audit (at, op_id, seq, sku, location, before, after, outcome, found, error)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                )
+                .map_err(fail)?;
+            for w in writes {
+                let (found, error) = match w.outcome {
+                    WriteOutcome::Conflict { found } => (*found, None),
+                    WriteOutcome::Failed { message, .. } => (None, Some(message.as_str())),
+                    _ => (None, None),
+                };
+                stmt.execute(params![
+                    at,
+                    op_id,
+                    w.seq as i64,
+                    w.sku,
+                    w.location,
+                    w.before,
+                    w.after,
+                    outcome_name(w.outcome),
+                    found,
+                    error
+                ])
+                .map_err(fail)?;
+            }
+        }
+        tx.commit().map_err(fail)?;
+        Ok(())
+    }
+
+    /// Outcome counts of an operation from its audit rows.
+    pub fn counts(&self, op_id: &str) -> Result<Counts, StateError> {
+        let mut c = Counts::default();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT outcome, count(*) FROM audit WHERE op_id = ?1 GROUP BY outcome")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([op_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))
+            .map_err(|e| self.err(e))?;
+        for row in rows {
+            let (o, n) = row.map_err(|e| self.err(e))?;
+            match o.as_str() {
+                "applied" => c.applied = n,
+                "already_applied" => c.already_applied = n,
+                "conflict" => c.conflicts = n,
+                _ => c.failed += n,
+            }
+        }
+        Ok(c)
+    }
+
+    /// Closes an operation with its final counts.
+    pub fn finish(&mut self, op_id: &str, counts: Counts) -> Result<(), StateError> {
+        let status = if counts.conflicts + counts.failed > 0 { "partial" } else { "complete" };
+        self.conn
+            .execute(
+                "UPDATE operations SET status = ?2, finished_at = ?3, applied = ?4, already_applied = ?5, conflicts = ?6, failed = ?7 WHERE id = ?1",
+                params![
+                    op_id,
+                    status,
+                    now(),
+                    counts.applied as i64,
+                    counts.already_applied as i64,
+                    counts.conflicts as i64,
+                    counts.failed as i64
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Notes that `op_id` was undone by rollback `by`.
+    pub fn mark_rolled_back(&mut self, op_id: &str, by: &str) -> Result<(), StateError> {
+        self.conn
+            .execute("UPDATE operations SET rolled_back_by = ?2 WHERE id = ?1", params![op_id, by])
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Audit records, oldest first, optionally for one SKU and/or one operation.
+    pub fn audit(&self, sku: Option<&str>, op_id: Option<&str>) -> Result<Vec<AuditRecord>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT a.at, a.op_id, o.kind, o.user, o.host, o.command, a.seq, a.sku, a.location, a.before, a.after, a.outcome, a.found, a.error
+                 FROM audit a JOIN operations o ON o.id = a.op_id
+                 WHERE (?1 IS NULL OR a.sku = ?1) AND (?2 IS NULL OR a.op_id LIKE ?2 || '%')
+                 ORDER BY a.id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![sku, op_id], |r| {
+                Ok(AuditRecord {
+                    at: r.get(0)?,
+                    op_id: r.get(1)?,
+                    kind: OpKind::parse(&r.get::<_, String>(2)?),
+                    user: r.get(3)?,
+                    host: r.get(4)?,
+                    command: r.get(5)?,
+                    seq: r.get::<_, i64>(6)? as u64,
+                    sku: r.get(7)?,
+                    location: r.get(8)?,
+                    before: r.get(9)?,
+                    after: r.get(10)?,
+                    outcome: r.get(11)?,
+                    found: r.get(12)?,
+                    error: r.get(13)?,
+                })
+            })
+            .map_err(|e| self.err(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+
+    /// The writes an operation made (outcome `applied`), in order.
+    pub fn applied_writes(&self, op_id: &str) -> Result<Vec<AuditRecord>, StateError> {
+        Ok(self.audit(None, Some(op_id))?.into_iter().filter(|a| a.op_id == op_id && a.outcome == "applied").collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lineage_is_stable_and_serial_moves_per_operation() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = StateStore::open(dir.path()).unwrap();
+        let (lineage, serial) = s.lineage_serial().unwrap();
+        assert_eq!(serial, 0);
+        let actor = Actor::current("test");
+        let new = NewOperation { plan_name: "p", plan_sha256: "a", artifact_sha256: "b", writes: 2, rollback_of: None };
+        let op = s.begin(OpKind::Apply, &new, &actor).unwrap();
+        assert_eq!(op.serial, 1);
+        assert_eq!(op.status, "running");
+        s.record(
+            &op.id,
+            &[
+                WriteRecord {
+                    seq: 0,
+                    sku: "A",
+                    location: "W",
+                    before: Some(1),
+                    after: 2,
+                    outcome: &WriteOutcome::Applied,
+                },
+                WriteRecord {
+                    seq: 1,
+                    sku: "B",
+                    location: "W",
+                    before: None,
+                    after: 2,
+                    outcome: &WriteOutcome::Conflict { found: Some(9) },
+                },
+            ],
+        )
+        .unwrap();
+        let c = s.counts(&op.id).unwrap();
+        assert_eq!((c.applied, c.conflicts), (1, 1));
+        s.finish(&op.id, c).unwrap();
+        drop(s);
+        let s = StateStore::open(dir.path()).unwrap();
+        assert_eq!(s.lineage_serial().unwrap(), (lineage, 1));
+        let op2 = s.operation(&op.id[..8]).unwrap().unwrap();
+        assert_eq!(op2.status, "partial");
+        assert_eq!(s.audit(Some("B"), None).unwrap()[0].found, Some(9));
+        assert_eq!(s.done_seqs(&op.id).unwrap().len(), 2);
+        assert_eq!(s.operation_for_artifact("b").unwrap().unwrap().id, op.id);
+    }
+}
