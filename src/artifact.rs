@@ -57,6 +57,9 @@ pub struct PlanArtifact {
     /// For a rollback plan: the operation it undoes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_of: Option<String>,
+    /// SHA-256 of the file this document was read from (saves re-serializing to hash it).
+    #[serde(skip)]
+    pub file_sha256: Option<String>,
 }
 
 /// Why a saved plan could not be read.
@@ -81,19 +84,34 @@ impl PlanArtifact {
     /// SHA-256 of the document's JSON text: the identity of "this exact plan".
     pub fn sha256(&self) -> String {
         use sha2::{Digest, Sha256};
-        hex::encode(Sha256::digest(self.to_json().as_bytes()))
+        match &self.file_sha256 {
+            Some(s) => s.clone(),
+            None => hex::encode(Sha256::digest(self.to_json().as_bytes())),
+        }
     }
 
     /// Reads a saved plan.
     pub fn read(path: &Path) -> Result<PlanArtifact, ReadError> {
         let shown = path.display().to_string();
         let bytes = std::fs::read(path).map_err(|source| ReadError::Io { path: shown.clone(), source })?;
-        let probe: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|source| ReadError::Parse { path: shown.clone(), source })?;
-        let found = probe.get("format_version").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
-        if found != FORMAT_VERSION {
-            return Err(ReadError::Version { path: shown, found });
+        match serde_json::from_slice::<PlanArtifact>(&bytes) {
+            Ok(mut doc) if doc.format_version == FORMAT_VERSION => {
+                use sha2::{Digest, Sha256};
+                doc.file_sha256 = Some(hex::encode(Sha256::digest(&bytes)));
+                Ok(doc)
+            }
+            Ok(doc) => Err(ReadError::Version { path: shown, found: doc.format_version }),
+            Err(source) => {
+                // Say "wrong version" rather than "bad field" when that is the cause.
+                #[derive(Deserialize)]
+                struct Probe {
+                    format_version: u32,
+                }
+                match serde_json::from_slice::<Probe>(&bytes) {
+                    Ok(p) if p.format_version != FORMAT_VERSION => Err(ReadError::Version { path: shown, found: p.format_version }),
+                    _ => Err(ReadError::Parse { path: shown, source }),
+                }
+            }
         }
-        serde_json::from_value(probe).map_err(|source| ReadError::Parse { path: shown, source })
     }
 }

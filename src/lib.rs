@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod diag;
 pub mod diff;
+pub mod events;
 pub mod mapping;
 pub mod ops;
 pub mod provider;

@@ -3,7 +3,9 @@
 mod util;
 
 mod apply;
+mod events;
 mod plan_cli;
 mod render;
+mod replay;
 mod schema;
 mod validate;

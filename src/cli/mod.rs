@@ -3,7 +3,10 @@
 //! codes (SPEC section 1).
 
 mod apply;
+mod freeze;
 mod output;
+mod replay;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -92,6 +95,12 @@ pub enum Command {
         /// A plan file; its state folder is used (or give --state).
         plan: Option<PathBuf>,
     },
+    /// Receive webhooks into the durable event queue; serve /healthz and /metrics.
+    Serve(serve::ServeArgs),
+    /// Apply queued (or recorded) events in per-key order, exactly once.
+    Replay(replay::ReplayArgs),
+    /// Start, stop or show the freeze: events are queued, not applied.
+    Freeze(freeze::FreezeArgs),
     /// Print the plan file's JSON Schema.
     Schema,
 }
@@ -134,6 +143,9 @@ fn run(cli: Cli, out: &Output) -> anyhow::Result<u8> {
         Command::Audit(args) => apply::run_audit(args, g, out),
         Command::State(cmd) => apply::run_state(cmd, g, out),
         Command::ForceUnlock { id, plan } => apply::run_force_unlock(&id, plan.as_deref(), g, out),
+        Command::Serve(args) => serve::run(args, g, out),
+        Command::Replay(args) => replay::run(args, g, out),
+        Command::Freeze(args) => freeze::run(args, g, out),
         Command::Validate { plan } => validate(&plan, out),
         Command::Plan(args) => plan(args, g, out),
         Command::Show { file, format } => {

@@ -190,7 +190,9 @@ impl<'m> Engine<'m> {
     #[inline]
     fn slot(&mut self, sku: &str, loc: u16) -> Option<(u32, u32, bool)> {
         let h = self.hash(sku, loc);
-        let p = (h >> 56) as usize;
+        // Bits 48..56 pick the partition: hashbrown uses the low bits for the bucket and
+        // the top 7 for its control bytes, so the partition must not reuse either.
+        let p = ((h >> 48) & 0xff) as usize;
         let hasher = self.hasher.clone();
         let part = &mut self.parts[p];
         let Part { table, entries, arena } = part;

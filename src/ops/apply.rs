@@ -214,18 +214,20 @@ pub fn apply_to(
     check_limits(plan, doc, opts.allow_large)?;
 
     let artifact_sha = doc.sha256();
-    let writes: Vec<Write> = doc
-        .diff
-        .changes
-        .iter()
-        .map(|c| Write { sku: c.sku.clone(), location: c.location.clone(), expected: c.before, new: c.after })
-        .collect();
+    let changes = &doc.diff.changes;
+    let write_of = |i: usize| {
+        let c = &changes[i];
+        Write { sku: c.sku.clone(), location: c.location.clone(), expected: c.before, new: c.after }
+    };
 
-    let (op, done, resumed) = match own {
+    // `finished`: every write already has a final outcome.
+    let (op, done, resumed, finished) = match own {
+        // Finished without conflicts or failures: no need to load every outcome.
+        Some(op) if op.status == "complete" => (op, Default::default(), false, true),
         Some(op) => {
             let done = state.done_seqs_final(&op.id)?;
-            let resumed = done.len() < writes.len();
-            (op, done, resumed)
+            let resumed = done.len() < changes.len();
+            (op, done, resumed, !resumed)
         }
         None => {
             let op = state.begin(
@@ -234,15 +236,15 @@ pub fn apply_to(
                     plan_name: &doc.plan.name,
                     plan_sha256: &doc.plan.config_sha256,
                     artifact_sha256: &artifact_sha,
-                    writes: writes.len() as u64,
+                    writes: changes.len() as u64,
                     rollback_of: doc.rollback_of.as_deref(),
                 },
                 &opts.actor,
             )?;
-            (op, Default::default(), false)
+            (op, Default::default(), false, false)
         }
     };
-    if !resumed && !done.is_empty() {
+    if finished {
         // Finished before: a no-op that succeeds, every write already applied.
         let c = state.counts(&op.id)?;
         let counts = Counts { applied: 0, already_applied: c.applied + c.already_applied, ..c };
@@ -263,61 +265,12 @@ pub fn apply_to(
         state.resume(&op.id)?;
     }
 
-    let pending: Vec<usize> = (0..writes.len()).filter(|i| !done.contains(&(*i as u64))).collect();
-    let cap = target.capabilities();
-    let batch_size = cap.max_batch.max(1);
-    let bar = progress_bar(opts.progress, pending.len() as u64);
-    let mut conflicts = Vec::new();
-    let mut failures = Vec::new();
-    let mut sent = 0u64;
-    let mut pace = Pace::new(cap.max_requests_per_sec);
-    for chunk in pending.chunks(batch_size) {
-        let first = chunk[0] as u64;
-        let last = *chunk.last().expect("chunks are never empty") as u64;
-        state.intent(&op.id, first, last)?;
-        let batch: Vec<Write> = chunk.iter().map(|&i| writes[i].clone()).collect();
-        pace.wait();
-        let outcomes = write_with_retry(target, &batch, opts)?;
-        sent += batch.len() as u64;
-        let records: Vec<WriteRecord<'_>> = chunk
-            .iter()
-            .zip(&outcomes)
-            .map(|(&i, o)| WriteRecord {
-                seq: i as u64,
-                sku: &writes[i].sku,
-                location: &writes[i].location,
-                before: writes[i].expected,
-                after: writes[i].new,
-                outcome: o,
-            })
-            .collect();
-        state.record(&op.id, &records)?;
-        for (&i, o) in chunk.iter().zip(&outcomes) {
-            let w = &writes[i];
-            match o {
-                WriteOutcome::Conflict { found } => conflicts.push(Conflict {
-                    sku: w.sku.clone(),
-                    location: w.location.clone(),
-                    expected: w.expected,
-                    found: *found,
-                    wanted: w.new,
-                }),
-                WriteOutcome::Failed { message, .. } => failures.push(Failure {
-                    sku: w.sku.clone(),
-                    location: w.location.clone(),
-                    message: message.clone(),
-                }),
-                _ => {}
-            }
-        }
-        if let Some(b) = &bar {
-            b.inc(chunk.len() as u64);
-        }
-        crate::ops::metrics::writes(&outcomes);
+    if kind == OpKind::Apply {
+        save_snapshot(plan, doc, state, &op.id)?;
     }
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
+    let pending: Vec<usize> = (0..changes.len()).filter(|i| !done.contains(&(*i as u64))).collect();
+    let run = execute(state, &op.id, target, &pending, &write_of, opts)?;
+    let (conflicts, failures, sent) = (run.conflicts, run.failures, run.sent);
     let counts = state.counts(&op.id)?;
     state.finish(&op.id, counts)?;
     if let Some(of) = &doc.rollback_of {
@@ -336,6 +289,101 @@ pub fn apply_to(
         sent,
         took_over_lock,
     })
+}
+
+/// What one run of [`execute`] saw.
+#[derive(Debug, Default)]
+pub struct ExecRun {
+    pub conflicts: Vec<Conflict>,
+    pub failures: Vec<Failure>,
+    pub sent: u64,
+}
+
+/// The write loop shared by apply, rollback and replay: for each batch, journal
+/// the intent, make the conditional writes (retrying transient errors), record
+/// every outcome in the audit log. `pending` are write sequence numbers;
+/// `write_of(seq)` builds each write.
+pub fn execute(
+    state: &mut StateStore,
+    op_id: &str,
+    target: &mut dyn Provider,
+    pending: &[usize],
+    write_of: &dyn Fn(usize) -> Write,
+    opts: &ApplyOptions,
+) -> Result<ExecRun, ApplyError> {
+    let cap = target.capabilities();
+    let batch_size = cap.max_batch.max(1);
+    let bar = progress_bar(opts.progress, pending.len() as u64);
+    let mut run = ExecRun::default();
+    let mut pace = Pace::new(cap.max_requests_per_sec);
+    for chunk in pending.chunks(batch_size) {
+        let first = chunk[0] as u64;
+        let last = *chunk.last().expect("chunks are never empty") as u64;
+        state.intent(op_id, first, last)?;
+        let batch: Vec<Write> = chunk.iter().map(|&i| write_of(i)).collect();
+        pace.wait();
+        let outcomes = write_with_retry(target, &batch, opts)?;
+        run.sent += batch.len() as u64;
+        let records: Vec<WriteRecord<'_>> = chunk
+            .iter()
+            .zip(&batch)
+            .zip(&outcomes)
+            .map(|((&i, w), o)| WriteRecord {
+                seq: i as u64,
+                sku: &w.sku,
+                location: &w.location,
+                before: w.expected,
+                after: w.new,
+                outcome: o,
+            })
+            .collect();
+        state.record(op_id, &records)?;
+        for (w, o) in batch.iter().zip(&outcomes) {
+            match o {
+                WriteOutcome::Conflict { found } => run.conflicts.push(Conflict {
+                    sku: w.sku.clone(),
+                    location: w.location.clone(),
+                    expected: w.expected,
+                    found: *found,
+                    wanted: w.new,
+                }),
+                WriteOutcome::Failed { message, .. } => run.failures.push(Failure {
+                    sku: w.sku.clone(),
+                    location: w.location.clone(),
+                    message: message.clone(),
+                }),
+                _ => {}
+            }
+        }
+        if let Some(b) = &bar {
+            b.inc(chunk.len() as u64);
+        }
+        crate::ops::metrics::writes(&outcomes);
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    Ok(run)
+}
+
+/// Keeps a copy of the source snapshot an apply used, in `<state>/snapshots/`,
+/// named by its SHA-256, so `replay` and `rollback` can recompute from exactly
+/// what was applied even after the source file is overwritten.
+fn save_snapshot(plan: &Plan, doc: &PlanArtifact, state: &mut StateStore, op_id: &str) -> Result<(), ApplyError> {
+    let Some(input) = doc.inputs.iter().find(|i| i.role == "source") else { return Ok(()) };
+    let from = plan.resolve(&input.path);
+    let ext = from.extension().and_then(|e| e.to_str()).unwrap_or("snapshot");
+    let dir = state.path().parent().unwrap_or(std::path::Path::new(".")).join("snapshots");
+    let to = dir.join(format!("{}.{ext}", input.sha256));
+    let io = |e: std::io::Error| StateError::Io { path: to.display().to_string(), message: e.to_string() };
+    if !to.is_file() {
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let tmp = dir.join(format!(".{}.tmp", input.sha256));
+        std::fs::copy(&from, &tmp).map_err(io)?;
+        std::fs::rename(&tmp, &to).map_err(io)?;
+    }
+    state.set_snapshot(op_id, &to.display().to_string(), &input.sha256)?;
+    Ok(())
 }
 
 /// Sends one batch, retrying transient provider errors with capped, jittered

@@ -4,5 +4,6 @@
 pub mod apply;
 pub mod metrics;
 pub mod plan;
+pub mod replay;
 pub mod rollback;
 pub mod validate;

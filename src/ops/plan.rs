@@ -105,6 +105,7 @@ pub fn run(plan: &Plan, state: Option<StateRef>) -> Result<PlanArtifact, PlanErr
         inputs,
         state,
         rollback_of: None,
+        file_sha256: None,
     })
 }
 

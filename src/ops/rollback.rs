@@ -59,6 +59,7 @@ pub fn plan_rollback(plan: &Plan, state: &StateStore, op: Operation) -> Result<R
         inputs: vec![],
         state: Some(crate::artifact::StateRef { lineage, serial }),
         rollback_of: Some(op.id.clone()),
+        file_sha256: None,
     };
     if let Some(by) = &op.rolled_back_by {
         doc.diff.warnings.push(format!("Operation {} was already rolled back by {by}; nothing to do.", op.id));

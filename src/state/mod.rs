@@ -218,7 +218,9 @@ CREATE TABLE IF NOT EXISTS operations (
   conflicts INTEGER NOT NULL DEFAULT 0,
   failed INTEGER NOT NULL DEFAULT 0,
   rollback_of TEXT,
-  rolled_back_by TEXT
+  rolled_back_by TEXT,
+  snapshot TEXT,
+  snapshot_sha256 TEXT
 );
 CREATE INDEX IF NOT EXISTS operations_artifact ON operations (artifact_sha256);
 CREATE TABLE IF NOT EXISTS intents (
@@ -563,6 +565,29 @@ impl StateStore {
             )
             .map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    /// Records the source snapshot an apply used (a copy in the state folder).
+    pub fn set_snapshot(&mut self, op_id: &str, path: &str, sha256: &str) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "UPDATE operations SET snapshot = ?2, snapshot_sha256 = ?3 WHERE id = ?1",
+                params![op_id, path, sha256],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The source snapshot of the newest apply that recorded one: (operation id, path).
+    pub fn last_snapshot(&self) -> Result<Option<(String, String)>, StateError> {
+        self.conn
+            .query_row(
+                "SELECT id, snapshot FROM operations WHERE kind = 'apply' AND snapshot IS NOT NULL ORDER BY serial DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
     }
 
     /// Notes that `op_id` was undone by rollback `by`.

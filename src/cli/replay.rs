@@ -1,0 +1,115 @@
+//! `replay PLAN.yaml [--from FILE.jsonl] [--follow]`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::{GlobalArgs, Output, checked, exit, parse_duration};
+use crate::ops::apply::ApplyOptions;
+use crate::ops::replay::{ReplayReport, replay};
+use crate::state::{Actor, StateStore};
+
+/// Arguments of `replay`.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The plan file.
+    pub plan: PathBuf,
+    /// Add the events of a recorded file (one normalized event per line) to the
+    /// queue first; duplicates of queued events are dropped.
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub from: Option<PathBuf>,
+    /// Keep applying new events as they arrive (continuous sync); waits while frozen.
+    #[arg(long)]
+    pub follow: bool,
+    /// With --follow: how often to look for new events.
+    #[arg(long, default_value = "1s", value_name = "DURATION")]
+    pub interval: String,
+}
+
+fn print(report: &ReplayReport, out: &Output) {
+    const SHOWN: usize = 50;
+    for c in report.conflicts.iter().take(SHOWN) {
+        out.note(&format!(
+            "Conflict: ({}, {}) expected {}, found {}; not set to {}. Its events stay queued.",
+            c.sku,
+            c.location,
+            c.expected.map_or("absent".into(), |v| v.to_string()),
+            c.found.map_or("absent".into(), |v| v.to_string()),
+            c.wanted
+        ));
+    }
+    for f in report.failures.iter().take(SHOWN) {
+        out.note(&format!("Failed: ({}, {}): {}", f.sku, f.location, f.message));
+    }
+    for msg in report.unmapped.iter().take(SHOWN) {
+        out.note(&format!("Not applied (events stay queued): {msg}."));
+    }
+    if report.oversells > 0 {
+        out.note(&format!(
+            "Oversold: {} source key(s) went below zero ({} units short); the target was set to 0 there.",
+            report.oversells, report.oversold_units
+        ));
+    }
+    out.result(&format!("{}\n", report.summary()));
+}
+
+/// `replay`.
+pub fn run(args: ReplayArgs, g: &GlobalArgs, out: &Output) -> anyhow::Result<u8> {
+    let Some(plan) = checked(&args.plan, out) else { return Ok(exit::ERROR) };
+    let mut queue = crate::events::open_queue(&plan, g.state.as_deref())?;
+    if let Some(path) = &args.from {
+        let events = crate::events::event::read_jsonl(path).map_err(|problems| {
+            let lines: Vec<String> = problems
+                .iter()
+                .take(20)
+                .map(|(line, msg)| format!("{}:{line}: error: {msg}", path.display()))
+                .collect();
+            anyhow::anyhow!(
+                "{} bad line(s) in the recorded events; nothing was queued:\n{}",
+                problems.len(),
+                lines.join("\n")
+            )
+        })?;
+        let inserted = queue.append(&events)?;
+        let new = inserted.iter().filter(|i| i.is_accepted()).count();
+        out.note(&format!(
+            "Queued {new} event(s) from {} ({} duplicate(s) dropped).",
+            path.display(),
+            events.len() - new
+        ));
+    }
+    let mut state = StateStore::open(&plan.state_dir(g.state.as_deref()))?;
+    let mut opts = ApplyOptions::new(Actor::current(std::env::args().skip(1).collect::<Vec<_>>().join(" ")));
+    opts.lock_timeout = parse_duration(&g.lock_timeout)?;
+    opts.progress = !g.quiet && std::io::stderr().is_terminal();
+    if !args.follow {
+        let report = replay(&plan, &mut state, &mut queue, &opts)?;
+        print(&report, out);
+        return Ok(if report.failed > 0 || report.writes.conflicts + report.writes.failed > 0 {
+            exit::PARTIAL
+        } else {
+            exit::OK
+        });
+    }
+    let every = parse_duration(&args.interval)?.max(Duration::from_millis(50));
+    out.note("Following the queue; Ctrl-C stops (a stop at any point is safe: replay resumes exactly once).");
+    let mut was_frozen = false;
+    loop {
+        let frozen = crate::events::freeze::is_frozen(&plan, &queue)?;
+        if frozen.frozen {
+            if !was_frozen {
+                out.note(&format!("Frozen ({}): events are queued, not applied.", frozen.reasons().join("; ")));
+            }
+            was_frozen = true;
+        } else {
+            was_frozen = false;
+            let report = replay(&plan, &mut state, &mut queue, &opts)?;
+            if report.events > 0 {
+                print(&report, out);
+            }
+        }
+        std::thread::sleep(every);
+    }
+}
