@@ -79,3 +79,31 @@ fn malformed_yaml_never_panics() {
         assert!(stderr.contains("error:"), "input {i}: {stderr}");
     }
 }
+
+#[test]
+fn usage_errors_exit_1_not_2() {
+    // 2 means "changes present" for plan --detailed-exitcode; a typo must not look like it.
+    let (code, _, stderr) = run(stockshift().args(["plan", "--fromat", "json", "x.yaml"]));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("--format"), "clap suggests the right flag: {stderr}");
+    let (code, stdout, _) = run(stockshift().arg("--help"));
+    assert_eq!(code, 0);
+    assert!(stdout.contains("Usage"));
+}
+
+#[test]
+fn unavailable_backends_are_refused_by_validate() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("s.csv"), "sku,location,qty\nA,W,1\n").unwrap();
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        "version: 1\nname: x\nsource: { provider: csv, path: s.csv }\ntarget: { provider: csv, path: s.csv }\nstate: { backend: postgres, url_env: DATABASE_URL }\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = run(stockshift().current_dir(dir.path()).args(["validate", "p.yaml"]));
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("p.yaml:5:19: error: `state.backend: postgres` is not available in this version"),
+        "{stderr}"
+    );
+}

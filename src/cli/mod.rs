@@ -123,7 +123,15 @@ pub struct PlanArgs {
 
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Usage errors exit 1 (SPEC section 1); clap's own default, 2, means "changes" here.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::ERROR } else { exit::OK };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
     let out = Output::new(&cli.global);
     let code = match run(cli, &out) {
         Ok(code) => code,

@@ -274,16 +274,21 @@ pub fn check_file(path: &Path) -> Result<Plan, Diagnostics> {
     }
 
     for (name, store) in [("state", Some(&cfg.state)), ("events.queue", cfg.events.as_ref().map(|e| &e.queue))] {
-        if let Some(s) = store
-            && s.backend == StoreBackend::Postgres
-            && s.url_env.is_none()
-        {
-            let path: Vec<Seg> = name.split('.').map(k).collect();
-            let pos = ck.at(&path);
+        let Some(s) = store else { continue };
+        let at = |key: &str| -> Vec<Seg> { name.split('.').map(k).chain([k(key)]).collect() };
+        if s.backend == StoreBackend::Postgres {
+            let pos = ck.at(&at("backend"));
             ck.error(
                 pos,
-                format!("`{name}` uses postgres without `url_env`"),
-                "Add `url_env: NAME` naming the environment variable that holds the connection URL.",
+                format!("`{name}.backend: postgres` is not available in this version"),
+                "Use `backend: sqlite` (the default: a file in the state folder, no server needed).",
+            );
+        } else if s.url_env.is_some() {
+            let pos = ck.at(&at("url_env"));
+            ck.warning(
+                pos,
+                format!("`{name}.url_env` is ignored with the sqlite backend"),
+                "Remove it, or use it with `backend: postgres`.",
             );
         }
     }
