@@ -832,3 +832,42 @@ fn the_plans_freeze_window_freezes_without_the_flag() {
     let (_, human, _) = freeze(&fx, &["status"]);
     assert!(human.contains("window: ") && human.contains(" until "), "{human}");
 }
+
+/// Writes and oversells are counted on `/metrics` even when another process
+/// (`apply`, `replay`) made them: the state store is read at each scrape.
+#[test]
+fn metrics_count_writes_and_oversells_made_by_other_processes() {
+    let fx = Fixture::new();
+    let db = fx.dir.path().join("target.db");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute_batch(
+        "CREATE TABLE inventory (sku TEXT NOT NULL, location TEXT NOT NULL, qty INTEGER NOT NULL, version INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (sku, location));
+         INSERT INTO inventory (sku, location, qty) VALUES ('IPOD2008PINK', 'WH-EAST', 1);",
+    )
+    .unwrap();
+    drop(c);
+    let plan = std::fs::read_to_string(fx.plan())
+        .unwrap()
+        .replace("target: { provider: csv, path: target.csv }", "target: { provider: sqlite, path: target.db }");
+    std::fs::write(fx.plan(), plan).unwrap();
+    let state = fx.state();
+    let (code, _, stderr) =
+        run(stockshift().arg("apply").arg(fx.plan()).arg("--state").arg(&state).arg("--auto-approve"));
+    assert_eq!(code, 0, "{stderr}");
+    let srv = fx.serve();
+    let ts = now();
+    // One order, and one that oversells IPOD2008GREEN (5 in stock).
+    for (id, sku, delta, seq) in [("m-1", "IPOD2008PINK", -2, 1), ("m-2", "IPOD2008GREEN", -7, 2)] {
+        let body = erp_event(Some(id), sku, delta, seq);
+        assert_eq!(srv.post("/webhooks/erp", &standard_headers(id, ts, body.as_bytes()), body.as_bytes()).status, 200);
+    }
+    let (code, stdout, stderr) = run(stockshift().arg("replay").arg(fx.plan()).arg("--state").arg(&state));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let m = srv.get("/metrics");
+    let series = parse_prometheus(&m.body).unwrap_or_else(|e| panic!("invalid metrics text: {e}\n{}", m.body));
+    let get = |k: &str| *series.get(k).unwrap_or_else(|| panic!("no series {k} in\n{}", m.body));
+    // apply: 2 creates + 1 update = 3 applied; replay: 2 more.
+    assert_eq!(get(r#"stockshift_writes_total{result="applied"}"#), 5.0, "{}", m.body);
+    assert_eq!(get("stockshift_oversells_total"), 1.0);
+    assert_eq!(get("stockshift_replay_backlog"), 0.0);
+}

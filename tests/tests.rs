@@ -5,6 +5,7 @@ mod util;
 mod apply;
 mod events;
 mod plan_cli;
+mod reconcile;
 mod render;
 mod replay;
 mod schema;

@@ -5,6 +5,7 @@
 mod apply;
 mod freeze;
 mod output;
+mod reconcile;
 mod replay;
 mod serve;
 
@@ -99,6 +100,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Apply queued (or recorded) events in per-key order, exactly once.
     Replay(replay::ReplayArgs),
+    /// Compare the mapped source with the target; report drift and KPIs; --fix corrects drift.
+    Reconcile(reconcile::ReconcileArgs),
     /// Start, stop or show the freeze: events are queued, not applied.
     Freeze(freeze::FreezeArgs),
     /// Print the plan file's JSON Schema.
@@ -153,6 +156,7 @@ fn run(cli: Cli, out: &Output) -> anyhow::Result<u8> {
         Command::ForceUnlock { id, plan } => apply::run_force_unlock(&id, plan.as_deref(), g, out),
         Command::Serve(args) => serve::run(args, g, out),
         Command::Replay(args) => replay::run(args, g, out),
+        Command::Reconcile(args) => reconcile::run(args, g, out),
         Command::Freeze(args) => freeze::run(args, g, out),
         Command::Validate { plan } => validate(&plan, out),
         Command::Plan(args) => plan(args, g, out),

@@ -68,6 +68,8 @@ struct AppState {
     prometheus: PrometheusHandle,
     backlog: Gauge,
     verbose: bool,
+    /// The state folder, whose state store records writes and oversells.
+    state_dir: std::path::PathBuf,
 }
 
 /// Runs the receiver until SIGINT or SIGTERM. Prints `Listening on http://ADDR` on
@@ -85,7 +87,9 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
         })
         .collect();
     let (ingest, writer) = Ingest::start(queue);
+    let state_dir = opts.queue_path.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
     let state = Arc::new(AppState {
+        state_dir,
         routes,
         ingest,
         reader: Mutex::new(reader),
@@ -289,6 +293,28 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         Ok(Ok(n)) => st.backlog.set(n as f64),
         Ok(Err(e)) => eprintln!("metrics: cannot read the queue backlog: {e}"),
         Err(e) => eprintln!("metrics: {e}"),
+    }
+    // Writes and oversells are made by other processes too (apply, replay): the state
+    // store is the record, so the counters are read from it at each scrape.
+    let state_dir = st.state_dir.clone();
+    let recorded = tokio::task::spawn_blocking(move || -> Result<Option<(crate::state::Counts, u64)>, String> {
+        let Some(store) = crate::state::StateStore::open_existing(&state_dir).map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        let counts = store.write_counts().map_err(|e| e.to_string())?;
+        Ok(Some((counts, store.counter("oversells").map_err(|e| e.to_string())?)))
+    })
+    .await;
+    if let Ok(Ok(Some((c, oversells)))) = recorded {
+        for (result, n) in [
+            ("applied", c.applied),
+            ("already_applied", c.already_applied),
+            ("conflict", c.conflicts),
+            ("failed", c.failed),
+        ] {
+            metrics::counter!(m::WRITES_TOTAL, "result" => result).absolute(n);
+        }
+        metrics::counter!(m::OVERSELLS_TOTAL).absolute(oversells);
     }
     st.prometheus.run_upkeep();
     let body = st.prometheus.render();

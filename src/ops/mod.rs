@@ -4,6 +4,7 @@
 pub mod apply;
 pub mod metrics;
 pub mod plan;
+pub mod reconcile;
 pub mod replay;
 pub mod rollback;
 pub mod validate;

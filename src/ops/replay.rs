@@ -18,7 +18,9 @@
 //! Deltas at or below the winning set's sequence are already contained in it
 //! and are marked `superseded`; a late delta above it is never lost.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::time::Instant;
 
 use crate::config::check::Plan;
@@ -184,15 +186,18 @@ pub fn replay_to(
     let m = &plan.mapping;
 
     // Group events per key, source side and target side apart.
-    let mut by_source_key: HashMap<Key, Vec<&QueuedEvent>> = HashMap::new();
-    let mut by_target_key: HashMap<Key, Vec<&QueuedEvent>> = HashMap::new();
+    // Grouped by borrowed keys first: one allocation per distinct key, not per event.
+    let mut grouped: [HashMap<(&str, &str), Vec<&QueuedEvent>>; 2] = [HashMap::default(), HashMap::default()];
     for q in &all {
-        let key = (q.event.sku.clone(), q.event.location.clone());
-        match side_of.get(q.event.source.as_str()).copied().unwrap_or_default() {
-            EventSide::Source => by_source_key.entry(key).or_default().push(q),
-            EventSide::Target => by_target_key.entry(key).or_default().push(q),
-        }
+        let side = side_of.get(q.event.source.as_str()).copied().unwrap_or_default();
+        let g = &mut grouped[(side == EventSide::Target) as usize];
+        g.entry((q.event.sku.as_str(), q.event.location.as_str())).or_default().push(q);
     }
+    let [src_groups, tgt_groups] = grouped;
+    let mut by_source_key: HashMap<Key, Vec<&QueuedEvent>> =
+        src_groups.into_iter().map(|((s, l), v)| ((s.to_owned(), l.to_owned()), v)).collect();
+    let mut by_target_key: HashMap<Key, Vec<&QueuedEvent>> =
+        tgt_groups.into_iter().map(|((s, l), v)| ((s.to_owned(), l.to_owned()), v)).collect();
     // Folds of every source key with events: a target key that merges several
     // source keys needs all of their current values, not only the changed ones.
     let folds_all: HashMap<Key, Folded> = by_source_key.iter().map(|(k, v)| (k.clone(), fold(v))).collect();
@@ -272,6 +277,8 @@ pub fn replay_to(
     report.oversold_units = oversold_units;
     if oversold_keys > 0 {
         metrics::counter!("stockshift_oversells_total").increment(oversold_keys);
+        // Kept in the state store too, so `serve`'s /metrics reports it whichever process replayed.
+        state.bump_counter("oversells", oversold_keys)?;
     }
 
     // Desired values: safety stock, then bundles, then target-side events.
@@ -381,8 +388,25 @@ pub fn replay_to(
             if sup.contains(&q.seq) { superseded.push(q.seq) } else { applied.push(q.seq) }
         }
     }
-    queue.mark(&applied, Status::Applied, None)?;
-    queue.mark(&superseded, Status::Superseded, None)?;
+    // Settle the queue in runs of seq: long stretches become one statement each.
+    let mut decision: HashMap<i64, Status> = HashMap::with_capacity(applied.len() + superseded.len());
+    decision.extend(applied.iter().map(|&s| (s, Status::Applied)));
+    decision.extend(superseded.iter().map(|&s| (s, Status::Superseded)));
+    let mut runs: Vec<(i64, i64, Status)> = Vec::new();
+    for q in &all {
+        match (decision.get(&q.seq), q.status) {
+            (Some(&st), _) => match runs.last_mut() {
+                Some(run) if run.2 == st && run.1 != i64::MIN => run.1 = q.seq,
+                _ => runs.push((q.seq, q.seq, st)),
+            },
+            // Not queued: the status guard leaves it alone, so a run may span it.
+            (None, s) if s != Status::Queued => {}
+            // Queued but not settled (blocked or unmapped): it ends the run.
+            (None, _) => runs.push((i64::MIN, i64::MIN, Status::Applied)),
+        }
+    }
+    runs.retain(|r| r.0 != i64::MIN);
+    queue.mark_runs(&runs)?;
     report.unmapped = failed.iter().map(|(_, msg)| msg.clone()).collect();
     report.applied = applied.len() as u64;
     report.superseded = superseded.len() as u64;

@@ -245,6 +245,7 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS audit_op_seq ON audit (op_id, seq);
 CREATE INDEX IF NOT EXISTS audit_sku ON audit (sku);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS lock (
   one INTEGER PRIMARY KEY CHECK (one = 1),
   id TEXT NOT NULL,
@@ -588,6 +589,47 @@ impl StateStore {
             )
             .optional()
             .map_err(|e| self.err(e))
+    }
+
+    /// Adds to a named counter (e.g. `oversells`), kept so any process can report it.
+    pub fn bump_counter(&mut self, name: &str, by: u64) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "INSERT INTO counters (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = value + ?2",
+                params![name, by as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// A named counter's value (0 when never bumped).
+    pub fn counter(&self, name: &str) -> Result<u64, StateError> {
+        let v: Option<i64> = self
+            .conn
+            .query_row("SELECT value FROM counters WHERE name = ?1", [name], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(v.unwrap_or(0).max(0) as u64)
+    }
+
+    /// Every audited write's outcome, counted over all operations.
+    pub fn write_counts(&self) -> Result<Counts, StateError> {
+        let mut c = Counts::default();
+        let mut stmt =
+            self.conn.prepare("SELECT outcome, count(*) FROM audit GROUP BY outcome").map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))
+            .map_err(|e| self.err(e))?;
+        for row in rows {
+            let (o, n) = row.map_err(|e| self.err(e))?;
+            match o.as_str() {
+                "applied" => c.applied = n,
+                "already_applied" => c.already_applied = n,
+                "conflict" => c.conflicts = n,
+                _ => c.failed += n,
+            }
+        }
+        Ok(c)
     }
 
     /// Notes that `op_id` was undone by rollback `by`.
