@@ -260,3 +260,46 @@ fn small_batches(plan: &Path) {
         std::fs::read_to_string(plan).unwrap().replace("path: demo/target.db", "path: demo/target.db\n  batch_size: 1");
     std::fs::write(plan, text).unwrap();
 }
+
+fn queue_events(dir: &Path, lines: &[String]) {
+    let file = dir.join("live.jsonl");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let events = stockshift::events::event::read_jsonl(&file).unwrap();
+    let mut q = stockshift::events::queue::Queue::open(&dir.join(".stockshift/events.db")).unwrap();
+    q.append(&events).unwrap();
+}
+
+fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !ok() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn follow_applies_new_events_and_waits_while_frozen() {
+    let (dir, _) = demo();
+    apply(dir.path());
+    let db = dir.path().join("demo/target.db");
+    let mut child = stockshift()
+        .current_dir(dir.path())
+        .args(["replay", "demo.yaml", "--follow", "--interval", "100ms"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    queue_events(dir.path(), &[event("f1", "SAME-1", "WH-EAST", "\"delta\":-3", 1)]);
+    wait_for("the first event", || qty(&db, "SAME-1", "loc-1") == Some(17));
+    // Frozen: events are queued, not applied.
+    let (code, _, _) = run(stockshift().current_dir(dir.path()).args(["freeze", "start", "demo.yaml"]));
+    assert_eq!(code, 0);
+    queue_events(dir.path(), &[event("f2", "SAME-1", "WH-EAST", "\"delta\":-4", 2)]);
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(qty(&db, "SAME-1", "loc-1"), Some(17), "nothing applied while frozen");
+    let (code, _, _) = run(stockshift().current_dir(dir.path()).args(["freeze", "stop", "demo.yaml"]));
+    assert_eq!(code, 0);
+    wait_for("the event queued during the freeze", || qty(&db, "SAME-1", "loc-1") == Some(13));
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
