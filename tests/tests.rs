@@ -3,6 +3,8 @@
 mod util;
 
 mod apply;
+mod cutover;
+mod dashboards;
 mod events;
 mod plan_cli;
 mod reconcile;

@@ -33,8 +33,11 @@ pub struct RollbackArgs {
     /// The plan file whose state holds the operation.
     pub plan: PathBuf,
     /// The operation to undo (default: the newest apply).
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", conflicts_with = "cutover_id")]
     pub apply_id: Option<String>,
+    /// Undo every write of a cutover (its apply and replays) and return its replayed events to the queue.
+    #[arg(long, value_name = "ID")]
+    pub cutover_id: Option<String>,
     /// Save the rollback plan for `apply` instead of making it.
     #[arg(long, value_name = "FILE", conflicts_with = "auto_approve")]
     pub out: Option<PathBuf>,
@@ -258,6 +261,9 @@ pub fn report_outcome(r: &ApplyReport, kind: OpKind, out: &Output) -> u8 {
 pub fn run_rollback(args: RollbackArgs, g: &GlobalArgs, out: &Output) -> anyhow::Result<u8> {
     let Some(plan) = checked(&args.plan, out) else { return Ok(exit::ERROR) };
     let mut state = open_existing_state(&plan.state_dir(g.state.as_deref()))?;
+    if let Some(id) = &args.cutover_id {
+        return rollback_cutover(&plan, &mut state, id, &args, g, out);
+    }
     let op = select(&state, args.apply_id.as_deref())?;
     let rb = plan_rollback(&plan, &state, op)?;
     out.result(&render::render(&rb.doc, args.format, &out.render_options(args.format, "Rollback")));
@@ -289,6 +295,44 @@ pub fn run_rollback(args: RollbackArgs, g: &GlobalArgs, out: &Output) -> anyhow:
         return Ok(code);
     }
     run_and_report(&plan, &rb.doc, OpKind::Rollback, &mut state, &opts, out)
+}
+
+/// `rollback --cutover-id`.
+fn rollback_cutover(
+    plan: &Plan,
+    state: &mut StateStore,
+    id: &str,
+    args: &RollbackArgs,
+    g: &GlobalArgs,
+    out: &Output,
+) -> anyhow::Result<u8> {
+    let row = state.cutover(id)?.ok_or_else(|| anyhow::anyhow!("no cutover with id {id}"))?;
+    let mut ops = Vec::new();
+    let ids =
+        row.data["apply_op"].as_str().into_iter().map(str::to_owned).chain(
+            row.data["replay_ops"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)),
+        );
+    for op_id in ids {
+        if let Some(op) = state.operation(&op_id)? {
+            ops.push(op);
+        }
+    }
+    if ops.is_empty() || ops[0].rolled_back_by.is_some() || row.status == "rolled_back" {
+        out.note(&format!("Cutover {} made no writes that are not already rolled back; nothing to do.", row.id));
+        return Ok(exit::OK);
+    }
+    let rb = crate::ops::rollback::plan_rollback_ops(plan, state, ops)?;
+    out.result(&render::render(&rb.doc, args.format, &out.render_options(args.format, "Rollback")));
+    if !args.auto_approve {
+        out.note("This only shows the rollback. Run again with --auto-approve to make it.");
+        return Ok(exit::OK);
+    }
+    let opts = apply_options(g, out, true)?;
+    let mut queue = crate::events::open_queue(plan, g.state.as_deref())?;
+    let detail = crate::ops::cutover::rollback_cutover(plan, state, &mut queue, &row.id, &row.data, &opts)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    out.result(&format!("Rollback of cutover {} complete: {detail}. The freeze is on.\n", row.id));
+    Ok(exit::OK)
 }
 
 /// `audit`.

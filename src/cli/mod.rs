@@ -3,6 +3,8 @@
 //! codes (SPEC section 1).
 
 mod apply;
+mod cutover;
+mod demo;
 mod freeze;
 mod output;
 mod reconcile;
@@ -89,6 +91,10 @@ pub enum Command {
     /// Inspect the state store's operations.
     #[command(subcommand)]
     State(apply::StateCommand),
+    /// The whole runbook: preflight, freeze, snapshot, apply, replay, verdict, unfreeze or roll back.
+    Cutover(cutover::CutoverArgs),
+    /// Run the demo cutover in a fresh folder (the README's first command).
+    Demo(demo::DemoArgs),
     /// Release a state lock left by a process that is gone.
     ForceUnlock {
         /// The lock id, as printed when the lock was refused.
@@ -150,6 +156,8 @@ fn run(cli: Cli, out: &Output) -> anyhow::Result<u8> {
     let g = &cli.global;
     match cli.command {
         Command::Apply(args) => apply::run_apply(args, g, out),
+        Command::Cutover(args) => cutover::run(args, g, out),
+        Command::Demo(args) => demo::run(args, g, out),
         Command::Rollback(args) => apply::run_rollback(args, g, out),
         Command::Audit(args) => apply::run_audit(args, g, out),
         Command::State(cmd) => apply::run_state(cmd, g, out),

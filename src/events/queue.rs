@@ -511,6 +511,25 @@ impl Queue {
         Ok(n)
     }
 
+    /// Puts the events with these `seq`s back to `queued` (a rolled-back cutover
+    /// returns the events it replayed, so the next attempt replays them again).
+    pub fn requeue_seqs(&mut self, seqs: &[i64]) -> Result<usize, QueueError> {
+        let path = self.path.display().to_string();
+        let err = |e| QueueError::Sqlite { path: path.clone(), source: e };
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
+        let mut n = 0;
+        {
+            let mut stmt = tx
+                .prepare_cached("UPDATE events SET status = 'queued', applied_at = NULL, error = NULL WHERE seq = ?1")
+                .map_err(err)?;
+            for seq in seqs {
+                n += stmt.execute([seq]).map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)?;
+        Ok(n)
+    }
+
     /// Puts events back to `queued` (clearing `applied_at` and `error`), e.g. failed
     /// ones after the cause was fixed. Returns how many were found.
     pub fn requeue(&mut self, keys: &[EventKey]) -> Result<usize, QueueError> {

@@ -369,7 +369,7 @@ pub fn execute(
 /// Keeps a copy of the source snapshot an apply used, in `<state>/snapshots/`,
 /// named by its SHA-256, so `replay` and `rollback` can recompute from exactly
 /// what was applied even after the source file is overwritten.
-fn save_snapshot(plan: &Plan, doc: &PlanArtifact, state: &mut StateStore, op_id: &str) -> Result<(), ApplyError> {
+pub fn save_snapshot(plan: &Plan, doc: &PlanArtifact, state: &mut StateStore, op_id: &str) -> Result<(), ApplyError> {
     let Some(input) = doc.inputs.iter().find(|i| i.role == "source") else { return Ok(()) };
     let from = plan.resolve(&input.path);
     let ext = from.extension().and_then(|e| e.to_str()).unwrap_or("snapshot");

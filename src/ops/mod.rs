@@ -2,6 +2,7 @@
 //! engine and the state store. The CLI parses arguments and calls these.
 
 pub mod apply;
+pub mod cutover;
 pub mod metrics;
 pub mod plan;
 pub mod reconcile;

@@ -68,6 +68,8 @@ pub struct ReplayReport {
     /// Units short on those keys, summed.
     pub oversold_units: u64,
     pub op_id: Option<String>,
+    /// The `seq`s of the events this run settled (applied or superseded).
+    pub settled: Vec<i64>,
     pub elapsed_secs: f64,
 }
 
@@ -407,6 +409,7 @@ pub fn replay_to(
     }
     runs.retain(|r| r.0 != i64::MIN);
     queue.mark_runs(&runs)?;
+    report.settled = applied.iter().chain(&superseded).copied().collect();
     report.unmapped = failed.iter().map(|(_, msg)| msg.clone()).collect();
     report.applied = applied.len() as u64;
     report.superseded = superseded.len() as u64;
@@ -416,6 +419,38 @@ pub fn replay_to(
     metrics::gauge!("stockshift_replay_backlog").set(backlog as f64);
     report.elapsed_secs = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The fold of every source-side key's events (failed ones excluded), for
+/// computing the expected state: the snapshot with all events applied.
+pub fn source_folds(plan: &Plan, queue: &Queue) -> Result<HashMap<Key, Folded>, QueueError> {
+    let target_side: HashSet<&str> = plan
+        .config
+        .events
+        .as_ref()
+        .map(|e| e.sources.iter().filter(|s| s.side == EventSide::Target).map(|s| s.name.as_str()).collect())
+        .unwrap_or_default();
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = queue.events_after(after, 50_000)?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        all.extend(
+            page.into_iter().filter(|q| q.status != Status::Failed && !target_side.contains(q.event.source.as_str())),
+        );
+    }
+    let mut groups: HashMap<(&str, &str), Vec<&QueuedEvent>> = HashMap::new();
+    for q in &all {
+        groups.entry((q.event.sku.as_str(), q.event.location.as_str())).or_default().push(q);
+    }
+    Ok(groups.into_iter().map(|((s, l), v)| ((s.to_owned(), l.to_owned()), fold(&v))).collect())
+}
+
+/// True when events of this source key can be applied under the mapping
+/// (its SKU and location are mapped, skipped or passed through, not an error).
+pub fn applicable(m: &crate::mapping::Mapping, sku: &str, loc: &str) -> bool {
+    !matches!(map_key(m, sku, loc), Mapped::Error(_))
 }
 
 enum Mapped {
@@ -445,7 +480,7 @@ fn map_key(m: &crate::mapping::Mapping, sku: &str, loc: &str) -> Mapped {
 }
 
 /// The source provider pointed at the saved snapshot copy.
-fn open_snapshot(cfg: &ProviderConfig, path: &str) -> Box<dyn Provider> {
+pub fn open_snapshot(cfg: &ProviderConfig, path: &str) -> Box<dyn Provider> {
     let mut cfg = cfg.clone();
     match &mut cfg {
         ProviderConfig::Csv(c) => c.path = path.to_string(),

@@ -50,6 +50,14 @@ pub fn select(state: &StateStore, apply_id: Option<&str>) -> Result<Operation, R
 
 /// Builds the rollback plan for `op`, reading the target's current values.
 pub fn plan_rollback(plan: &Plan, state: &StateStore, op: Operation) -> Result<RollbackPlan, RollbackError> {
+    plan_rollback_ops(plan, state, vec![op])
+}
+
+/// The rollback plan for several operations at once (a cutover's apply and its
+/// replays): per key, the value before the first of them and after the last.
+/// The first operation is the one recorded as rolled back by the plan.
+pub fn plan_rollback_ops(plan: &Plan, state: &StateStore, ops: Vec<Operation>) -> Result<RollbackPlan, RollbackError> {
+    let op = ops.first().cloned().ok_or_else(|| RollbackError::NothingApplied(state.path().display().to_string()))?;
     let (lineage, serial) = state.lineage_serial()?;
     let meta = PlanMeta { name: plan.config.name.clone(), config_sha256: plan.sha256.clone(), path: plan.file.clone() };
     let mut doc = PlanArtifact {
@@ -67,7 +75,13 @@ pub fn plan_rollback(plan: &Plan, state: &StateStore, op: Operation) -> Result<R
     }
     // Per key: the value before the operation's first write, and after its last.
     let mut keys: BTreeMap<(String, String), (Option<i64>, i64)> = BTreeMap::new();
-    for w in state.audit(None, Some(&op.id))?.into_iter().filter(|a| a.op_id == op.id) {
+    let mut ordered = ops.clone();
+    ordered.sort_by_key(|o| o.serial);
+    let mut records = Vec::new();
+    for o in &ordered {
+        records.extend(state.audit(None, Some(&o.id))?.into_iter().filter(|a| a.op_id == o.id));
+    }
+    for w in records {
         // "already applied" counts too: after a crash, the interrupted run wrote it.
         if w.outcome != "applied" && w.outcome != "already_applied" {
             continue;

@@ -135,6 +135,34 @@ pub struct AuditRecord {
     pub error: Option<String>,
 }
 
+/// A cutover run as recorded.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CutoverRow {
+    pub id: String,
+    pub plan_name: String,
+    pub plan_sha256: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    /// `running`, `passed`, `failed`, `rolled_back`.
+    pub status: String,
+    /// The last step finished successfully (0: none).
+    pub step: u32,
+    /// What the steps recorded so far (operation ids, the saved plan, KPIs).
+    pub data: serde_json::Value,
+}
+
+/// One step of a cutover, as recorded and printed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CutoverStep {
+    pub step: u32,
+    pub name: String,
+    /// `ok`, `failed`, `skipped`.
+    pub status: String,
+    pub started_at: String,
+    pub seconds: f64,
+    pub detail: String,
+}
+
 /// What a new operation is about.
 #[derive(Debug, Clone, Copy)]
 pub struct NewOperation<'a> {
@@ -246,6 +274,26 @@ CREATE TABLE IF NOT EXISTS audit (
 CREATE UNIQUE INDEX IF NOT EXISTS audit_op_seq ON audit (op_id, seq);
 CREATE INDEX IF NOT EXISTS audit_sku ON audit (sku);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS cutovers (
+  id TEXT PRIMARY KEY,
+  plan_name TEXT NOT NULL,
+  plan_sha256 TEXT NOT NULL,
+  started_at TEXT NOT NULL,
+  finished_at TEXT,
+  status TEXT NOT NULL,
+  step INTEGER NOT NULL DEFAULT 0,
+  data TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS cutover_steps (
+  cutover_id TEXT NOT NULL,
+  step INTEGER NOT NULL,
+  name TEXT NOT NULL,
+  status TEXT NOT NULL,
+  started_at TEXT NOT NULL,
+  seconds REAL NOT NULL,
+  detail TEXT NOT NULL,
+  PRIMARY KEY (cutover_id, step)
+);
 CREATE TABLE IF NOT EXISTS lock (
   one INTEGER PRIMARY KEY CHECK (one = 1),
   id TEXT NOT NULL,
@@ -630,6 +678,110 @@ impl StateStore {
             }
         }
         Ok(c)
+    }
+
+    /// A cutover run: its row, or `None`.
+    pub fn cutover(&self, id: &str) -> Result<Option<CutoverRow>, StateError> {
+        self.conn
+            .query_row(
+                "SELECT id, plan_name, plan_sha256, started_at, finished_at, status, step, data FROM cutovers WHERE id LIKE ?1 || '%' ORDER BY started_at DESC LIMIT 1",
+                [id],
+                Self::row_to_cutover,
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// The newest cutover still running (killed or in progress), if any.
+    pub fn running_cutover(&self) -> Result<Option<CutoverRow>, StateError> {
+        self.conn
+            .query_row(
+                "SELECT id, plan_name, plan_sha256, started_at, finished_at, status, step, data FROM cutovers WHERE status = 'running' ORDER BY started_at DESC LIMIT 1",
+                [],
+                Self::row_to_cutover,
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    fn row_to_cutover(r: &rusqlite::Row<'_>) -> rusqlite::Result<CutoverRow> {
+        Ok(CutoverRow {
+            id: r.get(0)?,
+            plan_name: r.get(1)?,
+            plan_sha256: r.get(2)?,
+            started_at: r.get(3)?,
+            finished_at: r.get(4)?,
+            status: r.get(5)?,
+            step: r.get::<_, i64>(6)? as u32,
+            data: serde_json::from_str(&r.get::<_, String>(7)?).unwrap_or(serde_json::Value::Null),
+        })
+    }
+
+    /// Records a new cutover run.
+    pub fn begin_cutover(&mut self, plan_name: &str, plan_sha256: &str) -> Result<CutoverRow, StateError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.conn
+            .execute(
+                "INSERT INTO cutovers (id, plan_name, plan_sha256, started_at, status) VALUES (?1, ?2, ?3, ?4, 'running')",
+                params![id, plan_name, plan_sha256, now()],
+            )
+            .map_err(|e| self.err(e))?;
+        self.cutover(&id)?
+            .ok_or_else(|| StateError::Io { path: self.path.display().to_string(), message: "cutover vanished".into() })
+    }
+
+    /// Records a finished step (and the run's data so far) in one transaction.
+    pub fn cutover_step(&mut self, id: &str, step: &CutoverStep, data: &serde_json::Value) -> Result<(), StateError> {
+        let path = self.path.display().to_string();
+        let fail = |source| StateError::Sqlite { path: path.clone(), source };
+        let tx = self.conn.transaction().map_err(fail)?;
+        tx.execute(
+            "INSERT OR REPLACE INTO cutover_steps (cutover_id, step, name, status, started_at, seconds, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![id, step.step, step.name, step.status, step.started_at, step.seconds, step.detail],
+        )
+        .map_err(fail)?;
+        let advance = if step.status == "ok" { step.step } else { 0 };
+        tx.execute(
+            "UPDATE cutovers SET step = max(step, ?2), data = ?3 WHERE id = ?1",
+            params![id, advance, data.to_string()],
+        )
+        .map_err(fail)?;
+        tx.commit().map_err(fail)?;
+        Ok(())
+    }
+
+    /// The steps recorded for a cutover, in order.
+    pub fn cutover_steps(&self, id: &str) -> Result<Vec<CutoverStep>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT step, name, status, started_at, seconds, detail FROM cutover_steps WHERE cutover_id = ?1 ORDER BY step")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([id], |r| {
+                Ok(CutoverStep {
+                    step: r.get::<_, i64>(0)? as u32,
+                    name: r.get(1)?,
+                    status: r.get(2)?,
+                    started_at: r.get(3)?,
+                    seconds: r.get(4)?,
+                    detail: r.get(5)?,
+                })
+            })
+            .map_err(|e| self.err(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+
+    /// Closes a cutover run with its final status (`passed`, `failed`, `rolled_back`).
+    pub fn finish_cutover(&mut self, id: &str, status: &str, data: &serde_json::Value) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "UPDATE cutovers SET status = ?2, finished_at = ?3, data = ?4 WHERE id = ?1",
+                params![id, status, now(), data.to_string()],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     /// Notes that `op_id` was undone by rollback `by`.
