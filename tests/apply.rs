@@ -334,3 +334,86 @@ fn a_killed_apply_resumes_with_nothing_lost_or_doubled() {
     assert_eq!(store.audit(None, None).unwrap().len(), keys);
     assert!(store.lock_info().unwrap().is_none(), "the lock is released");
 }
+
+#[test]
+fn a_killed_plan_file_apply_is_accounted_for_by_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = 4000;
+    large_apply(dir.path(), keys);
+    let mut child = stockshift()
+        .current_dir(dir.path())
+        .args(["apply", "p.yaml", "--auto-approve"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once some batches have landed.
+    let db = dir.path().join("t.db");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let n: i64 = Connection::open(&db)
+            .unwrap()
+            .query_row("SELECT count(*) FROM inventory WHERE qty > 0", [], |r| r.get(0))
+            .unwrap_or(0);
+        if n > 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the apply never wrote");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // A new plan of the rest: the killed operation is closed, and every write that
+    // landed (including the batch in flight) is in its audit.
+    let (code, _, stderr) = run(stockshift().current_dir(dir.path()).args(["apply", "p.yaml", "--auto-approve"]));
+    assert_eq!(code, 0, "{stderr}");
+    let store = stockshift::state::StateStore::open(&dir.path().join(".stockshift")).unwrap();
+    let ops = store.operations().unwrap();
+    assert_eq!(ops.len(), 2);
+    assert_eq!(ops[1].status, "interrupted");
+    let mut written: Vec<(String, String)> = store
+        .audit(None, None)
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.outcome == "applied")
+        .map(|a| (a.sku, a.location))
+        .collect();
+    let total = written.len();
+    written.sort();
+    written.dedup();
+    assert_eq!(written.len(), total, "no key written twice");
+    assert_eq!(total, keys, "every write is in the audit log exactly once");
+    // Small batches really are small: one intent per 25 writes.
+    let intents: i64 = Connection::open(dir.path().join(".stockshift/state.db"))
+        .unwrap()
+        .query_row("SELECT count(*) FROM intents", [], |r| r.get(0))
+        .unwrap();
+    assert!(intents >= (keys / 25) as i64, "{intents} intents");
+}
+
+#[test]
+fn a_rollback_with_conflicts_can_be_finished_later_without_undoing_twice() {
+    let (dir, _) = demo();
+    let db = dir.path().join("demo/target.db");
+    let (code, _, _) = run(stockshift().current_dir(dir.path()).args(["apply", "demo.yaml", "--auto-approve"]));
+    assert_eq!(code, 0);
+    // The rollback plan expects NEW-1 at 7; it moves to 6 between plan and apply.
+    let (code, _, _) =
+        run(stockshift().current_dir(dir.path()).args(["rollback", "demo.yaml", "--out", "rb.plan.json"]));
+    assert_eq!(code, 0);
+    set_qty(&db, "NEW-1", "loc-1", 6);
+    let (code, stdout, _) = run(stockshift().current_dir(dir.path()).args(["apply", "rb.plan.json"]));
+    assert_eq!(code, 3, "{stdout}");
+    assert!(stdout.contains("1 conflicts"), "{stdout}");
+    // The apply is not marked rolled back: a second rollback offers only NEW-1, keeping the sale.
+    let (code, json, _) = run(stockshift().current_dir(dir.path()).args(["rollback", "demo.yaml", "--format", "json"]));
+    assert_eq!(code, 0);
+    let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let changes = doc["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 1, "{json}");
+    assert_eq!((changes[0]["sku"].as_str(), changes[0]["after"].as_i64()), (Some("NEW-1"), Some(4)));
+    let (code, _, _) = run(stockshift().current_dir(dir.path()).args(["rollback", "demo.yaml", "--auto-approve"]));
+    assert_eq!(code, 0);
+    assert_eq!(qty(&db, "NEW-1", "loc-1"), Some(4));
+    assert_eq!(qty(&db, "KIT-1", "loc-1"), Some(1), "restored once, not twice");
+}

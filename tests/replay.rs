@@ -303,3 +303,18 @@ fn follow_applies_new_events_and_waits_while_frozen() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[test]
+fn a_plain_rollback_after_a_replay_undoes_the_apply_and_keeps_the_replayed_sales() {
+    let (dir, _) = demo();
+    apply(dir.path());
+    let (code, _, _) = replay_file(dir.path(), &[event("s1", "OLD-1", "WH-EAST", "\"delta\":-2", 1)]);
+    assert_eq!(code, 0);
+    let db = dir.path().join("demo/target.db");
+    assert_eq!(qty(&db, "NEW-1", "loc-1"), Some(5));
+    let (code, _, stderr) = run(stockshift().current_dir(dir.path()).args(["rollback", "demo.yaml", "--auto-approve"]));
+    assert_eq!(code, 0, "{stderr}");
+    // The apply took NEW-1 from 5 to 7; the replayed order sold 2 since: 5 + (5 - 7) = 3.
+    assert_eq!(qty(&db, "NEW-1", "loc-1"), Some(3));
+    assert_eq!(qty(&db, "GONE-1", "loc-1"), Some(4), "the apply's orphan zeroing is undone");
+}

@@ -105,9 +105,12 @@ pub fn run(args: ReplayArgs, g: &GlobalArgs, out: &Output) -> anyhow::Result<u8>
             was_frozen = true;
         } else {
             was_frozen = false;
-            let report = replay(&plan, &mut state, &mut queue, &opts)?;
-            if report.events > 0 {
-                print(&report, out);
+            match replay(&plan, &mut state, &mut queue, &opts) {
+                Ok(report) if report.events > 0 => print(&report, out),
+                Ok(_) => {}
+                // Another writer (an apply, a rollback) holds the state: try again next round.
+                Err(crate::ops::replay::ReplayError::Apply(crate::ops::apply::ApplyError::Lock(_))) => {}
+                Err(e) => return Err(e.into()),
             }
         }
         std::thread::sleep(every);

@@ -230,6 +230,7 @@ pub fn apply_to(
             (op, done, resumed, !resumed)
         }
         None => {
+            recover_interrupted(state, target)?;
             let op = state.begin(
                 kind,
                 &NewOperation {
@@ -273,7 +274,11 @@ pub fn apply_to(
     let (conflicts, failures, sent) = (run.conflicts, run.failures, run.sent);
     let counts = state.counts(&op.id)?;
     state.finish(&op.id, counts)?;
-    if let Some(of) = &doc.rollback_of {
+    // A rollback with conflicts leaves the operation open, so running rollback again
+    // offers the keys that were not restored (and only those).
+    if let Some(of) = &doc.rollback_of
+        && counts.conflicts + counts.failed == 0
+    {
         state.mark_rolled_back(of, &op.id)?;
     }
     let op = state.operation(&op.id)?.unwrap_or(op);
@@ -299,6 +304,49 @@ pub struct ExecRun {
     pub sent: u64,
 }
 
+/// Accounts for operations killed mid-batch before a new one starts: each write
+/// journaled without an outcome is read back from the target, and the ones that
+/// landed are recorded as applied, so `rollback` and `audit` see them. The killed
+/// operation is then marked `interrupted`. (Re-running the same saved plan
+/// resumes it instead; this is for a new plan made after the kill.)
+pub fn recover_interrupted(state: &mut StateStore, target: &mut dyn Provider) -> Result<u64, ApplyError> {
+    let pending = state.unfinished_writes()?;
+    let mut ops: Vec<String> =
+        state.operations()?.into_iter().filter(|o| o.status == "running").map(|o| o.id).collect();
+    ops.dedup();
+    if pending.is_empty() {
+        for op in &ops {
+            state.mark_interrupted(op)?;
+        }
+        return Ok(0);
+    }
+    let keys: Vec<(String, String)> = pending.iter().map(|p| (p.2.clone(), p.3.clone())).collect();
+    let current = target.read_keys(&keys)?;
+    let landed = WriteOutcome::Applied;
+    let mut by_op: std::collections::BTreeMap<&str, Vec<WriteRecord<'_>>> = Default::default();
+    for (p, now) in pending.iter().zip(&current) {
+        if *now == Some(p.5) {
+            by_op.entry(p.0.as_str()).or_default().push(WriteRecord {
+                seq: p.1,
+                sku: &p.2,
+                location: &p.3,
+                before: p.4,
+                after: p.5,
+                outcome: &landed,
+            });
+        }
+    }
+    let mut n = 0;
+    for (op, records) in by_op {
+        n += records.len() as u64;
+        state.record(op, &records)?;
+    }
+    for op in &ops {
+        state.mark_interrupted(op)?;
+    }
+    Ok(n)
+}
+
 /// The write loop shared by apply, rollback and replay: for each batch, journal
 /// the intent, make the conditional writes (retrying transient errors), record
 /// every outcome in the audit log. `pending` are write sequence numbers;
@@ -319,8 +367,13 @@ pub fn execute(
     for chunk in pending.chunks(batch_size) {
         let first = chunk[0] as u64;
         let last = *chunk.last().expect("chunks are never empty") as u64;
-        state.intent(op_id, first, last)?;
         let batch: Vec<Write> = chunk.iter().map(|&i| write_of(i)).collect();
+        let journal: Vec<(u64, &str, &str, Option<i64>, i64)> = chunk
+            .iter()
+            .zip(&batch)
+            .map(|(&i, w)| (i as u64, w.sku.as_str(), w.location.as_str(), w.expected, w.new))
+            .collect();
+        state.intent(op_id, first, last, &journal)?;
         pace.wait();
         let outcomes = write_with_retry(target, &batch, opts)?;
         run.sent += batch.len() as u64;

@@ -323,6 +323,7 @@ pub fn replay_to(
     let mut bad_targets: HashSet<Key> = HashSet::new();
     if !writes.is_empty() {
         let run_id = uuid::Uuid::new_v4().to_string();
+        crate::ops::apply::recover_interrupted(state, target)?;
         let op = state.begin(
             OpKind::Replay,
             &NewOperation {

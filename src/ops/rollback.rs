@@ -36,15 +36,16 @@ pub struct RollbackPlan {
     pub already_rolled_back_by: Option<String>,
 }
 
-/// Picks the operation: `--apply-id`, else the newest apply (or replay) not yet rolled back.
+/// Picks the operation: `--apply-id`, else the newest apply.
 pub fn select(state: &StateStore, apply_id: Option<&str>) -> Result<Operation, RollbackError> {
     if let Some(id) = apply_id {
         return state.operation(id)?.ok_or_else(|| RollbackError::UnknownOperation(id.to_owned()));
     }
     let ops = state.operations()?;
     // The newest write operation that is not itself a rollback.
+    // The newest apply: a replay's writes are undone with --apply-id (or with the cutover that made them).
     ops.into_iter()
-        .find(|o| o.kind != OpKind::Rollback)
+        .find(|o| o.kind == OpKind::Apply)
         .ok_or_else(|| RollbackError::NothingApplied(state.path().display().to_string()))
 }
 
@@ -81,6 +82,19 @@ pub fn plan_rollback_ops(plan: &Plan, state: &StateStore, ops: Vec<Operation>) -
     for o in &ordered {
         records.extend(state.audit(None, Some(&o.id))?.into_iter().filter(|a| a.op_id == o.id));
     }
+    // Keys an earlier, partial rollback of these operations already restored.
+    let ids: std::collections::HashSet<&str> = ops.iter().map(|o| o.id.as_str()).collect();
+    let mut restored: std::collections::HashSet<(String, String)> = std::collections::HashSet::new();
+    for earlier in state.operations()?.into_iter().filter(|o| o.kind == OpKind::Rollback) {
+        if earlier.rollback_of.as_deref().is_some_and(|of| ids.contains(of)) {
+            for a in state.audit(None, Some(&earlier.id))?.into_iter().filter(|a| a.op_id == earlier.id) {
+                if a.outcome == "applied" || a.outcome == "already_applied" {
+                    restored.insert((a.sku, a.location));
+                }
+            }
+        }
+    }
+    records.retain(|w| !restored.contains(&(w.sku.clone(), w.location.clone())));
     for w in records {
         // "already applied" counts too: after a crash, the interrupted run wrote it.
         if w.outcome != "applied" && w.outcome != "already_applied" {

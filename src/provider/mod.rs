@@ -22,6 +22,9 @@ pub trait RowSink {
     fn problem(&mut self, line: u64, col: usize, summary: String, help: String);
 }
 
+/// One part of a split read (see [`Provider::read_parts`]): streams its rows into the sink.
+pub type ReadPart = Box<dyn FnOnce(&mut dyn RowSink) -> Result<ReadInfo, ProviderError> + Send>;
+
 /// What a read returned besides the rows.
 #[derive(Debug, Clone, Default)]
 pub struct ReadInfo {
@@ -93,6 +96,15 @@ pub trait Provider {
     /// Makes conditional writes; returns one outcome per write, in order.
     fn write_batch(&mut self, writes: &[Write]) -> Result<Vec<WriteOutcome>, ProviderError>;
 
+    /// Splits the snapshot read into up to `parts` readers that may run on separate
+    /// threads. Taken one after the other they stream exactly the rows [`Self::read`]
+    /// would, in the same order, from one consistent snapshot. `None` (the default):
+    /// the provider cannot split its read; call `read`.
+    fn read_parts(&mut self, parts: usize) -> Result<Option<Vec<ReadPart>>, ProviderError> {
+        let _ = parts;
+        Ok(None)
+    }
+
     /// Current quantities of some keys (`None`: absent). The default reads the
     /// whole snapshot; providers with point reads override it.
     fn read_keys(&mut self, keys: &[(String, String)]) -> Result<Vec<Option<i64>>, ProviderError> {
@@ -122,7 +134,8 @@ pub fn open(cfg: &ProviderConfig, base: &Path) -> Box<dyn Provider> {
     match cfg {
         ProviderConfig::Csv(c) => Box::new(csv::CsvProvider::new(base.join(&c.path), c.columns.clone())),
         ProviderConfig::Sqlite(c) => {
-            Box::new(sqlite::SqliteProvider::new(base.join(&c.path), c.table.clone(), c.columns.clone()))
+            let p = sqlite::SqliteProvider::new(base.join(&c.path), c.table.clone(), c.columns.clone());
+            Box::new(p.with_batch_size(c.batch_size))
         }
     }
 }

@@ -256,6 +256,7 @@ CREATE TABLE IF NOT EXISTS intents (
   first_seq INTEGER NOT NULL,
   last_seq INTEGER NOT NULL,
   at TEXT NOT NULL,
+  writes TEXT NOT NULL DEFAULT '[]',
   PRIMARY KEY (op_id, first_seq)
 );
 CREATE TABLE IF NOT EXISTS audit (
@@ -525,12 +526,64 @@ impl StateStore {
         Ok(v)
     }
 
-    /// Journals the intent to write `first..=last` before the writes are made.
-    pub fn intent(&mut self, op_id: &str, first: u64, last: u64) -> Result<(), StateError> {
+    /// Journals the intent to write `first..=last` before the writes are made, with
+    /// the writes themselves ([seq, sku, location, before, after] each), so an
+    /// operation abandoned after a kill can still be accounted for.
+    pub fn intent(
+        &mut self,
+        op_id: &str,
+        first: u64,
+        last: u64,
+        writes: &[(u64, &str, &str, Option<i64>, i64)],
+    ) -> Result<(), StateError> {
+        let blob = serde_json::to_string(writes).unwrap_or_else(|_| "[]".into());
         self.conn
             .execute(
-                "INSERT OR REPLACE INTO intents (op_id, first_seq, last_seq, at) VALUES (?1, ?2, ?3, ?4)",
-                params![op_id, first as i64, last as i64, now()],
+                "INSERT OR REPLACE INTO intents (op_id, first_seq, last_seq, at, writes) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![op_id, first as i64, last as i64, now(), blob],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Writes journaled by operations that are still marked running (killed) but
+    /// have no recorded outcome: (operation id, seq, sku, location, before, after).
+    #[allow(clippy::type_complexity)]
+    pub fn unfinished_writes(&self) -> Result<Vec<(String, u64, String, String, Option<i64>, i64)>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT i.op_id, i.writes FROM intents i JOIN operations o ON o.id = i.op_id
+                 WHERE o.status = 'running'
+                   AND (SELECT count(*) FROM audit a WHERE a.op_id = i.op_id AND a.seq BETWEEN i.first_seq AND i.last_seq)
+                       < i.last_seq - i.first_seq + 1",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows: Vec<(String, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.err(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for (op, blob) in rows {
+            let done: std::collections::HashSet<u64> = self.done_seqs(&op)?.into_iter().collect();
+            let writes: Vec<(u64, String, String, Option<i64>, i64)> = serde_json::from_str(&blob).unwrap_or_default();
+            for (seq, sku, loc, before, after) in writes {
+                if !done.contains(&seq) {
+                    out.push((op.clone(), seq, sku, loc, before, after));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Closes a killed operation: `interrupted`, with the counts it has.
+    pub fn mark_interrupted(&mut self, op_id: &str) -> Result<(), StateError> {
+        let c = self.counts(op_id)?;
+        self.conn
+            .execute(
+                "UPDATE operations SET status = 'interrupted', applied = ?2, already_applied = ?3, conflicts = ?4, failed = ?5 WHERE id = ?1",
+                params![op_id, c.applied as i64, c.already_applied as i64, c.conflicts as i64, c.failed as i64],
             )
             .map_err(|e| self.err(e))?;
         Ok(())
