@@ -870,4 +870,20 @@ fn metrics_count_writes_and_oversells_made_by_other_processes() {
     assert_eq!(get(r#"stockshift_writes_total{result="applied"}"#), 5.0, "{}", m.body);
     assert_eq!(get("stockshift_oversells_total"), 1.0);
     assert_eq!(get("stockshift_replay_backlog"), 0.0);
+    assert_eq!(get("stockshift_drift_keys"), 0.0);
+    // A reconcile in another process: the source file no longer matches the target
+    // (the replayed orders are not in it), so 2 keys drift; serve reports them.
+    let (code, stdout, stderr) = run(stockshift().arg("reconcile").arg(fx.plan()).arg("--state").arg(&state));
+    assert_eq!(code, 3, "{stdout}{stderr}");
+    let m = srv.get("/metrics");
+    let series = parse_prometheus(&m.body).unwrap_or_else(|e| panic!("invalid metrics text: {e}\n{}", m.body));
+    let get = |k: &str| *series.get(k).unwrap_or_else(|| panic!("no series {k} in\n{}", m.body));
+    assert_eq!(get("stockshift_drift_keys"), 2.0, "{}", m.body);
+    assert!(get("stockshift_drift_ratio") > 0.5);
+    assert_eq!(get("stockshift_reconcile_duration_seconds_count"), 1.0, "{}", m.body);
+    // Scraping again does not count the same reconcile twice.
+    let m = srv.get("/metrics");
+    let series = parse_prometheus(&m.body).unwrap();
+    assert_eq!(series["stockshift_reconcile_duration_seconds_count"], 1.0);
+    promtool_check(&m.body);
 }

@@ -318,3 +318,37 @@ fn a_plain_rollback_after_a_replay_undoes_the_apply_and_keeps_the_replayed_sales
     assert_eq!(qty(&db, "NEW-1", "loc-1"), Some(3));
     assert_eq!(qty(&db, "GONE-1", "loc-1"), Some(4), "the apply's orphan zeroing is undone");
 }
+
+#[test]
+fn a_new_snapshot_does_not_count_events_settled_before_it_again() {
+    let (dir, _) = demo();
+    apply(dir.path());
+    let db = dir.path().join("demo/target.db");
+    let (code, _, _) = replay_file(dir.path(), &[event("e1", "HOT-1", "WH-EAST", "\"delta\":-2", 1)]);
+    assert_eq!(code, 0);
+    assert_eq!(qty(&db, "HOT-1", "loc-1"), Some(5), "12 - 2 - safety 5");
+    // The next export contains that order (HOT-1 12 -> 10) and another change; apply it.
+    let csv = dir.path().join("demo/erp_snapshot.csv");
+    let text = std::fs::read_to_string(&csv)
+        .unwrap()
+        .replace("HOT-1,WH-EAST,12", "HOT-1,WH-EAST,10")
+        .replace("SAME-1,WH-EAST,20", "SAME-1,WH-EAST,21");
+    std::fs::write(&csv, text).unwrap();
+    apply(dir.path());
+    // One more order: counted once on top of the new snapshot, the old one not again.
+    let (code, _, _) = replay_file(dir.path(), &[event("e2", "HOT-1", "WH-EAST", "\"delta\":-1", 2)]);
+    assert_eq!(code, 0);
+    assert_eq!(qty(&db, "HOT-1", "loc-1"), Some(4), "10 - 1 - safety 5");
+}
+
+#[test]
+fn replay_refuses_to_build_on_a_rolled_back_apply() {
+    let (dir, _) = demo();
+    apply(dir.path());
+    let (code, _, _) = run(stockshift().current_dir(dir.path()).args(["rollback", "demo.yaml", "--auto-approve"]));
+    assert_eq!(code, 0);
+    let (code, _, stderr) = replay_file(dir.path(), &[event("e1", "OLD-1", "WH-EAST", "\"delta\":-1", 1)]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("no source snapshot recorded"), "{stderr}");
+    assert_eq!(qty(&dir.path().join("demo/target.db"), "NEW-1", "loc-1"), Some(5), "nothing re-applied");
+}

@@ -104,6 +104,7 @@ pub fn run(args: CutoverArgs, g: &GlobalArgs, out: &Output) -> anyhow::Result<u8
         fulfillment_failure_rate: args.fulfillment_failure_rate,
         approve: &mut approve,
         on_step: &mut on_step,
+        target: None,
     };
     let state_dir = plan.state_dir(g.state.as_deref());
     let report = match cutover(&plan, &state_dir, &mut opts) {

@@ -21,6 +21,13 @@ pub const OVERSELLS_TOTAL: &str = "stockshift_oversells_total";
 /// Target writes by result (`applied`, `already_applied`, `conflict`, `failed`).
 pub const WRITES_TOTAL: &str = "stockshift_writes_total";
 
+/// Drifted keys found by the last reconcile.
+pub const DRIFT_KEYS: &str = "stockshift_drift_keys";
+/// Drifted keys / keys compared, from the last reconcile.
+pub const DRIFT_RATIO: &str = "stockshift_drift_ratio";
+/// Wall time of reconcile runs.
+pub const RECONCILE_DURATION: &str = "stockshift_reconcile_duration_seconds";
+
 /// The values of `stockshift_writes_total{result}`.
 pub const WRITE_RESULTS: [&str; 4] = ["applied", "already_applied", "conflict", "failed"];
 
@@ -48,6 +55,11 @@ pub fn install() -> Result<PrometheusHandle, String> {
                 WRITES_TOTAL,
                 "Conditional target writes, by result (applied, already_applied, conflict, failed)."
             );
+            describe_gauge!(DRIFT_KEYS, "Drifted keys found by the last reconcile.");
+            describe_gauge!(DRIFT_RATIO, "Drifted keys / keys compared, from the last reconcile.");
+            metrics::describe_histogram!(RECONCILE_DURATION, metrics::Unit::Seconds, "Wall time of reconcile runs.");
+            gauge!(DRIFT_KEYS).set(0.0);
+            gauge!(DRIFT_RATIO).set(0.0);
             counter!(OVERSELLS_TOTAL).absolute(0);
             for r in WRITE_RESULTS {
                 counter!(WRITES_TOTAL, "result" => r).absolute(0);

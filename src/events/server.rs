@@ -70,6 +70,8 @@ struct AppState {
     verbose: bool,
     /// The state folder, whose state store records writes and oversells.
     state_dir: std::path::PathBuf,
+    /// When the last reconcile seen in the state store ran (its duration is recorded once).
+    last_reconcile: Mutex<Option<String>>,
 }
 
 /// Runs the receiver until SIGINT or SIGTERM. Prints `Listening on http://ADDR` on
@@ -90,6 +92,7 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
     let state_dir = opts.queue_path.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
     let state = Arc::new(AppState {
         state_dir,
+        last_reconcile: Mutex::new(None),
         routes,
         ingest,
         reader: Mutex::new(reader),
@@ -297,15 +300,32 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     // Writes and oversells are made by other processes too (apply, replay): the state
     // store is the record, so the counters are read from it at each scrape.
     let state_dir = st.state_dir.clone();
-    let recorded = tokio::task::spawn_blocking(move || -> Result<Option<(crate::state::Counts, u64)>, String> {
+    type Recorded = (crate::state::Counts, u64, Vec<(String, f64, String)>);
+    let recorded = tokio::task::spawn_blocking(move || -> Result<Option<Recorded>, String> {
         let Some(store) = crate::state::StateStore::open_existing(&state_dir).map_err(|e| e.to_string())? else {
             return Ok(None);
         };
         let counts = store.write_counts().map_err(|e| e.to_string())?;
-        Ok(Some((counts, store.counter("oversells").map_err(|e| e.to_string())?)))
+        let oversells = store.counter("oversells").map_err(|e| e.to_string())?;
+        Ok(Some((counts, oversells, store.gauges().map_err(|e| e.to_string())?)))
     })
     .await;
-    if let Ok(Ok(Some((c, oversells)))) = recorded {
+    if let Ok(Ok(Some((c, oversells, gauges)))) = recorded {
+        // The last reconcile (any process): its drift, and its duration once per run.
+        for (name, value, at) in gauges {
+            match name.as_str() {
+                "drift_keys" => metrics::gauge!(m::DRIFT_KEYS).set(value),
+                "drift_ratio" => metrics::gauge!(m::DRIFT_RATIO).set(value),
+                "reconcile_seconds" => {
+                    let mut seen = st.last_reconcile.lock().unwrap_or_else(|p| p.into_inner());
+                    if seen.as_deref() != Some(at.as_str()) {
+                        metrics::histogram!(m::RECONCILE_DURATION).record(value);
+                        *seen = Some(at);
+                    }
+                }
+                _ => {}
+            }
+        }
         for (result, n) in [
             ("applied", c.applied),
             ("already_applied", c.already_applied),

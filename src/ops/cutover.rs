@@ -26,8 +26,8 @@ use crate::artifact::{PlanArtifact, StateRef};
 use crate::config::check::Plan;
 use crate::diff::engine::Engine;
 use crate::events::queue::Queue;
-use crate::ops::apply::{ApplyOptions, apply};
-use crate::ops::replay::{applicable, open_snapshot, replay, source_folds};
+use crate::ops::apply::{ApplyOptions, apply, apply_to};
+use crate::ops::replay::{applicable, open_snapshot, replay_to, source_folds};
 use crate::ops::rollback::plan_rollback_ops;
 use crate::provider::{self, CompareMode, RowSink};
 use crate::state::{CutoverRow, CutoverStep, OpKind, StateStore, now};
@@ -44,6 +44,9 @@ pub struct CutoverOptions<'a> {
     pub approve: &'a mut dyn FnMut(&PlanArtifact) -> bool,
     /// Called as each step finishes (for printing the checklist).
     pub on_step: &'a mut dyn FnMut(&CutoverStep),
+    /// Opens the target for preflight, apply, replay and the verdict instead of the
+    /// plan's provider (`simulate` injects faults through it); `None`: the plan's.
+    pub target: Option<&'a mut dyn FnMut() -> Box<dyn provider::Provider>>,
 }
 
 /// One threshold check.
@@ -125,6 +128,13 @@ impl Runner<'_, '_, '_> {
     fn run_dir(&self) -> PathBuf {
         self.state_dir.join("cutovers").join(&self.row.id)
     }
+
+    fn open_target(&mut self) -> Box<dyn provider::Provider> {
+        match self.opts.target.as_mut() {
+            Some(open) => open(),
+            None => provider::open(&self.plan.config.target, &self.plan.dir),
+        }
+    }
 }
 
 /// Runs (or resumes) a cutover. See the module docs.
@@ -169,7 +179,7 @@ fn run_steps(r: &mut Runner<'_, '_, '_>, done: u32) -> Result<Option<Verdict>, C
     // 1. Preflight.
     if done < 1 {
         let (t, at) = (Instant::now(), now());
-        let mut target = provider::open(&plan.config.target, &plan.dir);
+        let mut target = r.open_target();
         if target.capabilities().compare == CompareMode::ReadOnly {
             let detail = format!("the target ({}) cannot be written", target.describe());
             r.record(1, t, at, false, detail.clone()).map_err(CutoverError::Other)?;
@@ -245,7 +255,8 @@ fn run_steps(r: &mut Runner<'_, '_, '_>, done: u32) -> Result<Option<Verdict>, C
             r.record(4, t, at, false, "not approved; nothing was written".into()).map_err(CutoverError::Other)?;
             return Ok(None);
         }
-        let rep = match apply(plan, &doc, OpKind::Apply, &mut r.state, &r.opts.apply) {
+        let mut target = r.open_target();
+        let rep = match apply_to(plan, &doc, OpKind::Apply, &mut r.state, target.as_mut(), &r.opts.apply) {
             Ok(rep) => rep,
             Err(e) => {
                 r.record(4, t, at, false, format!("apply failed: {e}")).map_err(CutoverError::Other)?;
@@ -267,7 +278,9 @@ fn run_steps(r: &mut Runner<'_, '_, '_>, done: u32) -> Result<Option<Verdict>, C
     // 5. Replay the queued events.
     if done < 5 {
         let (t, at) = (Instant::now(), now());
-        let rep = replay(plan, &mut r.state, &mut r.queue, &r.opts.apply).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut target = r.open_target();
+        let rep = replay_to(plan, &mut r.state, &mut r.queue, target.as_mut(), &r.opts.apply)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut settled: Vec<i64> =
             r.data["settled"].as_array().map(|a| a.iter().filter_map(Value::as_i64).collect()).unwrap_or_default();
         settled.extend(&rep.settled);
@@ -359,7 +372,8 @@ fn verdict(r: &mut Runner<'_, '_, '_>) -> Result<Vec<Kpi>, CutoverError> {
     let plan = r.plan;
     let th = &plan.config.thresholds;
     let snapshot = r.state.last_snapshot().map_err(anyhow::Error::from)?;
-    let folds = source_folds(plan, &r.queue).map_err(anyhow::Error::from)?;
+    let since = snapshot.as_ref().map(|s| s.2.clone()).unwrap_or_default();
+    let folds = source_folds(plan, &r.queue, &since).map_err(anyhow::Error::from)?;
     let mut engine = Engine::new(&plan.mapping);
     struct Feed<'e, 'm, 'f> {
         engine: &'e mut Engine<'m>,
@@ -384,9 +398,10 @@ fn verdict(r: &mut Runner<'_, '_, '_>) -> Result<Vec<Kpi>, CutoverError> {
         }
         fn problem(&mut self, _: u64, _: usize, _: String, _: String) {}
     }
+    let mut target = r.open_target();
     let mut feed = Feed { engine: &mut engine, target: true, folds: &folds, seen: Default::default() };
-    provider::open(&plan.config.target, &plan.dir).read(&mut feed).map_err(anyhow::Error::from)?;
-    if let Some((_, path)) = &snapshot {
+    target.read(&mut feed).map_err(anyhow::Error::from)?;
+    if let Some((_, path, _)) = &snapshot {
         feed.target = false;
         open_snapshot(&plan.config.source, path).read(&mut feed).map_err(anyhow::Error::from)?;
     }

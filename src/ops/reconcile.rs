@@ -32,6 +32,7 @@ use serde_json::{Value, json};
 
 use crate::config::check::Plan;
 use crate::config::model::EventSide;
+use crate::events::metrics::{DRIFT_KEYS, DRIFT_RATIO, RECONCILE_DURATION};
 use crate::events::queue::{Queue, Status};
 use crate::mapping::{LocationRule, Mapping, SkuRule};
 use crate::ops::apply::{ApplyError, ApplyOptions, Conflict, Failure, execute};
@@ -39,11 +40,6 @@ use crate::ops::plan::PlanError;
 use crate::provider::{self, Provider, Write};
 use crate::state::lock::LockInfo;
 use crate::state::{Counts, NewOperation, OpKind, StateError, StateStore};
-
-/// Metric names (SPEC section 8).
-pub const DRIFT_KEYS: &str = "stockshift_drift_keys";
-pub const DRIFT_RATIO: &str = "stockshift_drift_ratio";
-pub const RECONCILE_DURATION: &str = "stockshift_reconcile_duration_seconds";
 
 /// Why reconcile could not run.
 #[derive(Debug, thiserror::Error)]
@@ -472,6 +468,10 @@ pub fn run(plan: &Plan, opts: &ReconcileOptions<'_>) -> Result<Report, Reconcile
     metrics::gauge!(DRIFT_KEYS).set(drifted as f64);
     metrics::gauge!(DRIFT_RATIO).set(drift_ratio);
     metrics::histogram!(RECONCILE_DURATION).record(seconds);
+    // Kept in the state store (when there is one), so `serve`'s /metrics reports them.
+    if let Some(mut st) = StateStore::open_existing(&plan.state_dir(opts.state_dir))? {
+        st.set_gauges(&[("drift_keys", drifted as f64), ("drift_ratio", drift_ratio), ("reconcile_seconds", seconds)])?;
+    }
 
     Ok(Report {
         plan_name: doc.plan.name,

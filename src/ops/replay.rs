@@ -165,19 +165,12 @@ pub fn replay_to(
     let mut report = ReplayReport::default();
 
     // Every stored event, in arrival order; only the keys with queued events are replayed.
-    let mut all: Vec<QueuedEvent> = Vec::new();
-    let mut after = 0;
-    loop {
-        let page = queue.events_after(after, 50_000)?;
-        let Some(last) = page.last() else { break };
-        after = last.seq;
-        all.extend(page.into_iter().filter(|q| q.status != Status::Failed || q.error.is_none()));
-    }
-    if !all.iter().any(|q| q.status == Status::Queued) {
+    if queue.queued_count()? == 0 {
         report.elapsed_secs = started.elapsed().as_secs_f64();
         return Ok(report);
     }
-    let (_, snapshot_path) = state.last_snapshot()?.ok_or(ReplayError::NoSnapshot)?;
+    let (_, snapshot_path, since) = state.last_snapshot()?.ok_or(ReplayError::NoSnapshot)?;
+    let all = load_epoch(queue, &since, |_| true)?;
 
     let side_of: HashMap<&str, EventSide> = plan
         .config
@@ -422,25 +415,41 @@ pub fn replay_to(
     Ok(report)
 }
 
-/// The fold of every source-side key's events (failed ones excluded), for
-/// computing the expected state: the snapshot with all events applied.
-pub fn source_folds(plan: &Plan, queue: &Queue) -> Result<HashMap<Key, Folded>, QueueError> {
-    let target_side: HashSet<&str> = plan
-        .config
-        .events
-        .as_ref()
-        .map(|e| e.sources.iter().filter(|s| s.side == EventSide::Target).map(|s| s.name.as_str()).collect())
-        .unwrap_or_default();
+/// The events that count on top of a snapshot taken by an apply that started at
+/// `since`: every event still queued, and those settled at or after `since`.
+/// Events settled by replays of an earlier snapshot are contained in the source
+/// export that made this one and must not be counted again. Failed ones are left out.
+fn load_epoch(queue: &Queue, since: &str, keep: impl Fn(&QueuedEvent) -> bool) -> Result<Vec<QueuedEvent>, QueueError> {
+    let since: Option<jiff::Timestamp> = since.parse().ok();
     let mut all = Vec::new();
     let mut after = 0;
     loop {
         let page = queue.events_after(after, 50_000)?;
         let Some(last) = page.last() else { break };
         after = last.seq;
-        all.extend(
-            page.into_iter().filter(|q| q.status != Status::Failed && !target_side.contains(q.event.source.as_str())),
-        );
+        all.extend(page.into_iter().filter(|q| {
+            let in_epoch = match (q.status, q.applied_at, since) {
+                (Status::Queued, _, _) => true,
+                (Status::Failed, _, _) => false,
+                (_, Some(at), Some(since)) => at >= since,
+                _ => true,
+            };
+            in_epoch && keep(q)
+        }));
     }
+    Ok(all)
+}
+
+/// The fold of every source-side key's events (failed ones excluded), for
+/// computing the expected state: the snapshot with all events applied.
+pub fn source_folds(plan: &Plan, queue: &Queue, since: &str) -> Result<HashMap<Key, Folded>, QueueError> {
+    let target_side: HashSet<&str> = plan
+        .config
+        .events
+        .as_ref()
+        .map(|e| e.sources.iter().filter(|s| s.side == EventSide::Target).map(|s| s.name.as_str()).collect())
+        .unwrap_or_default();
+    let all = load_epoch(queue, since, |q| !target_side.contains(q.event.source.as_str()))?;
     let mut groups: HashMap<(&str, &str), Vec<&QueuedEvent>> = HashMap::new();
     for q in &all {
         groups.entry((q.event.sku.as_str(), q.event.location.as_str())).or_default().push(q);

@@ -275,6 +275,7 @@ CREATE TABLE IF NOT EXISTS audit (
 CREATE UNIQUE INDEX IF NOT EXISTS audit_op_seq ON audit (op_id, seq);
 CREATE INDEX IF NOT EXISTS audit_sku ON audit (sku);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS gauges (name TEXT PRIMARY KEY, value REAL NOT NULL, at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS cutovers (
   id TEXT PRIMARY KEY,
   plan_name TEXT NOT NULL,
@@ -308,7 +309,8 @@ CREATE TABLE IF NOT EXISTS lock (
 
 /// Now, as an RFC 3339 timestamp (UTC, seconds).
 pub fn now() -> String {
-    jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or(jiff::Timestamp::now()).to_string()
+    // Milliseconds: replay orders "settled before this snapshot" by these times.
+    jiff::Timestamp::now().round(jiff::Unit::Millisecond).unwrap_or(jiff::Timestamp::now()).to_string()
 }
 
 impl StateStore {
@@ -680,13 +682,16 @@ impl StateStore {
         Ok(())
     }
 
-    /// The source snapshot of the newest apply that recorded one: (operation id, path).
-    pub fn last_snapshot(&self) -> Result<Option<(String, String)>, StateError> {
+    /// The source snapshot of the newest apply that recorded one and was not
+    /// rolled back: (operation id, path, when that apply started).
+    pub fn last_snapshot(&self) -> Result<Option<(String, String, String)>, StateError> {
         self.conn
             .query_row(
-                "SELECT id, snapshot FROM operations WHERE kind = 'apply' AND snapshot IS NOT NULL ORDER BY serial DESC LIMIT 1",
+                "SELECT id, snapshot, started_at FROM operations
+                 WHERE kind = 'apply' AND snapshot IS NOT NULL AND rolled_back_by IS NULL
+                 ORDER BY serial DESC LIMIT 1",
                 [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()
             .map_err(|e| self.err(e))
@@ -701,6 +706,31 @@ impl StateStore {
             )
             .map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    /// Sets named gauges (the last reconcile's drift and duration) in one
+    /// transaction, stamped with now, so `serve` can report them.
+    pub fn set_gauges(&mut self, values: &[(&str, f64)]) -> Result<(), StateError> {
+        let at = now();
+        let path = self.path.display().to_string();
+        let fail = |source| StateError::Sqlite { path: path.clone(), source };
+        let tx = self.conn.transaction().map_err(fail)?;
+        for (name, v) in values {
+            tx.execute("INSERT OR REPLACE INTO gauges (name, value, at) VALUES (?1, ?2, ?3)", params![name, v, at])
+                .map_err(fail)?;
+        }
+        tx.commit().map_err(fail)
+    }
+
+    /// Every named gauge: (name, value, when it was set).
+    pub fn gauges(&self) -> Result<Vec<(String, f64, String)>, StateError> {
+        let mut stmt = self.conn.prepare("SELECT name, value, at FROM gauges").map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(|e| self.err(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
     }
 
     /// A named counter's value (0 when never bumped).
