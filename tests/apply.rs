@@ -1,26 +1,12 @@
 //! `apply`, resume after SIGKILL, conflicts, stale plans, locks, blast radius,
 //! audit and rollback, against real SQLite files and the real binary.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::{Connection, params};
 
-use crate::util::{copy_dir, root, run, stockshift};
-
-/// A copy of the demo plan in a temporary folder.
-fn demo() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    copy_dir(&root().join("plans"), dir.path());
-    let plan = dir.path().join("demo.yaml");
-    (dir, plan)
-}
-
-fn target_rows(db: &Path) -> Vec<(String, String, i64)> {
-    let c = Connection::open(db).unwrap();
-    let mut s = c.prepare("SELECT sku, location, qty FROM inventory ORDER BY location, sku").unwrap();
-    s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect()
-}
+use crate::util::{demo_copy, qty, run, stockshift, target_rows};
 
 fn set_qty(db: &Path, sku: &str, loc: &str, qty: i64) {
     let c = Connection::open(db).unwrap();
@@ -30,11 +16,6 @@ fn set_qty(db: &Path, sku: &str, loc: &str, qty: i64) {
     );
 }
 
-fn qty(db: &Path, sku: &str, loc: &str) -> Option<i64> {
-    let c = Connection::open(db).unwrap();
-    c.query_row("SELECT qty FROM inventory WHERE sku = ?1 AND location = ?2", params![sku, loc], |r| r.get(0)).ok()
-}
-
 fn plan_out(dir: &Path, out: &str) {
     let (code, _, stderr) = run(stockshift().current_dir(dir).args(["plan", "demo.yaml", "--out", out]));
     assert_eq!(code, 0, "{stderr}");
@@ -42,7 +23,7 @@ fn plan_out(dir: &Path, out: &str) {
 
 #[test]
 fn apply_saved_plan_then_plan_shows_no_changes_and_rerun_is_a_noop() {
-    let (dir, _) = demo();
+    let (dir, _) = demo_copy();
     plan_out(dir.path(), "d.plan.json");
     let (code, stdout, stderr) = run(stockshift().current_dir(dir.path()).args(["apply", "d.plan.json"]));
     assert_eq!(code, 0, "{stderr}");
@@ -60,7 +41,7 @@ fn apply_saved_plan_then_plan_shows_no_changes_and_rerun_is_a_noop() {
 
 #[test]
 fn apply_plan_file_needs_approval_without_a_tty() {
-    let (dir, _) = demo();
+    let (dir, _) = demo_copy();
     let (code, _, stderr) = run(stockshift().current_dir(dir.path()).args(["apply", "demo.yaml"]));
     assert_eq!(code, 1);
     assert!(stderr.contains("--auto-approve"), "{stderr}");
@@ -73,7 +54,7 @@ fn apply_plan_file_needs_approval_without_a_tty() {
 
 #[test]
 fn a_concurrent_change_is_a_conflict_and_is_never_overwritten() {
-    let (dir, _) = demo();
+    let (dir, _) = demo_copy();
     plan_out(dir.path(), "d.plan.json");
     let db = dir.path().join("demo/target.db");
     set_qty(&db, "NEW-1", "loc-1", 4); // an order sold one after the plan was made
@@ -97,7 +78,7 @@ fn a_concurrent_change_is_a_conflict_and_is_never_overwritten() {
 
 #[test]
 fn stale_plans_are_refused() {
-    let (dir, plan) = demo();
+    let (dir, plan) = demo_copy();
     plan_out(dir.path(), "a.plan.json");
     let (code, _, _) = run(stockshift().current_dir(dir.path()).args(["apply", "a.plan.json"]));
     assert_eq!(code, 0);
@@ -134,7 +115,7 @@ fn stale_plans_are_refused() {
 
 #[test]
 fn blast_radius_limits() {
-    let (dir, plan) = demo();
+    let (dir, plan) = demo_copy();
     let text = std::fs::read_to_string(&plan).unwrap().replace("max_writes: 50000", "max_writes: 5");
     std::fs::write(&plan, text).unwrap();
     plan_out(dir.path(), "d.plan.json");
@@ -145,7 +126,7 @@ fn blast_radius_limits() {
     let (code, _, _) = run(stockshift().current_dir(dir.path()).args(["apply", "d.plan.json", "--allow-large"]));
     assert_eq!(code, 0);
 
-    let (dir, plan) = demo();
+    let (dir, plan) = demo_copy();
     let text = std::fs::read_to_string(&plan).unwrap().replace("max_zeroed: 100", "max_zeroed: 0");
     std::fs::write(&plan, text).unwrap();
     let (code, _, stderr) = run(stockshift().current_dir(dir.path()).args(["apply", "demo.yaml", "--auto-approve"]));
@@ -155,7 +136,7 @@ fn blast_radius_limits() {
 
 #[test]
 fn a_held_lock_is_reported_waited_for_and_force_unlocked() {
-    let (dir, _) = demo();
+    let (dir, _) = demo_copy();
     plan_out(dir.path(), "d.plan.json");
     let state_dir = dir.path().join(".stockshift");
     let store = stockshift::state::StateStore::open(&state_dir).unwrap();
@@ -192,7 +173,7 @@ fn a_held_lock_is_reported_waited_for_and_force_unlocked() {
 
 #[test]
 fn audit_and_state_list_record_every_write() {
-    let (dir, _) = demo();
+    let (dir, _) = demo_copy();
     let (code, _, _) = run(stockshift().current_dir(dir.path()).args(["apply", "demo.yaml", "--auto-approve"]));
     assert_eq!(code, 0);
     let (_, json, _) = run(stockshift().current_dir(dir.path()).args(["audit", "demo.yaml", "--format", "json"]));
@@ -219,7 +200,7 @@ fn audit_and_state_list_record_every_write() {
 
 #[test]
 fn rollback_restores_and_keeps_sales_made_since() {
-    let (dir, _) = demo();
+    let (dir, _) = demo_copy();
     let db = dir.path().join("demo/target.db");
     let before = target_rows(&db);
     let (code, _, _) = run(stockshift().current_dir(dir.path()).args(["apply", "demo.yaml", "--auto-approve"]));
@@ -393,7 +374,7 @@ fn a_killed_plan_file_apply_is_accounted_for_by_the_next_one() {
 
 #[test]
 fn a_rollback_with_conflicts_can_be_finished_later_without_undoing_twice() {
-    let (dir, _) = demo();
+    let (dir, _) = demo_copy();
     let db = dir.path().join("demo/target.db");
     let (code, _, _) = run(stockshift().current_dir(dir.path()).args(["apply", "demo.yaml", "--auto-approve"]));
     assert_eq!(code, 0);

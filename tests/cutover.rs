@@ -1,29 +1,12 @@
 //! `cutover` and `demo`: a cutover that passes, one that rolls back, one that
 //! stops frozen, and one killed mid-way and resumed.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::Connection;
 
-use crate::util::{copy_dir, root, run, stockshift};
-
-fn demo() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    copy_dir(&root().join("plans"), dir.path());
-    let plan = dir.path().join("demo.yaml");
-    (dir, plan)
-}
-
-fn rows(db: &Path) -> Vec<(String, String, i64)> {
-    let c = Connection::open(db).unwrap();
-    let mut s = c.prepare("SELECT sku, location, qty FROM inventory ORDER BY location, sku").unwrap();
-    s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect()
-}
-
-fn qty(db: &Path, sku: &str, loc: &str) -> Option<i64> {
-    rows(db).into_iter().find(|r| r.0 == sku && r.1 == loc).map(|r| r.2)
-}
+use crate::util::{demo_copy, qty, run, stockshift, target_rows};
 
 fn queued(dir: &Path) -> i64 {
     let c = Connection::open(dir.join(".stockshift/events.db")).unwrap();
@@ -37,7 +20,7 @@ fn frozen(dir: &Path) -> bool {
 
 #[test]
 fn a_cutover_that_passes_applies_replays_and_unfreezes() {
-    let (dir, _) = demo();
+    let (dir, _) = demo_copy();
     let (code, stdout, stderr) = run(stockshift().current_dir(dir.path()).args([
         "cutover",
         "demo.yaml",
@@ -68,9 +51,9 @@ fn a_cutover_that_passes_applies_replays_and_unfreezes() {
 
 #[test]
 fn a_breached_threshold_rolls_back_keeps_the_freeze_and_requeues_the_events() {
-    let (dir, _) = demo();
+    let (dir, _) = demo_copy();
     let db = dir.path().join("demo/target.db");
-    let before = rows(&db);
+    let before = target_rows(&db);
     let (code, stdout, stderr) = run(stockshift().current_dir(dir.path()).args([
         "cutover",
         "demo.yaml",
@@ -86,7 +69,7 @@ fn a_breached_threshold_rolls_back_keeps_the_freeze_and_requeues_the_events() {
     assert!(frozen(dir.path()));
     // Every write the cutover made is undone; keys it created stay, at 0.
     let after: Vec<_> =
-        rows(&db).into_iter().filter(|r| r.2 != 0 || before.iter().any(|b| b.0 == r.0 && b.1 == r.1)).collect();
+        target_rows(&db).into_iter().filter(|r| r.2 != 0 || before.iter().any(|b| b.0 == r.0 && b.1 == r.1)).collect();
     assert_eq!(after, before);
     // The replayed events are back in the queue for the next attempt (plus the one that failed).
     assert_eq!(queued(dir.path()), 4);
@@ -94,9 +77,9 @@ fn a_breached_threshold_rolls_back_keeps_the_freeze_and_requeues_the_events() {
 
 #[test]
 fn without_rollback_on_failure_it_stops_frozen_and_prints_the_rollback_command() {
-    let (dir, _) = demo();
+    let (dir, _) = demo_copy();
     let db = dir.path().join("demo/target.db");
-    let before = rows(&db);
+    let before = target_rows(&db);
     let (code, stdout, _) = run(stockshift().current_dir(dir.path()).args([
         "cutover",
         "demo.yaml",
@@ -116,7 +99,7 @@ fn without_rollback_on_failure_it_stops_frozen_and_prints_the_rollback_command()
     assert_eq!(code, 0, "{out}{stderr}");
     assert!(out.contains("Rollback of cutover"), "{out}");
     let after: Vec<_> =
-        rows(&db).into_iter().filter(|r| r.2 != 0 || before.iter().any(|b| b.0 == r.0 && b.1 == r.1)).collect();
+        target_rows(&db).into_iter().filter(|r| r.2 != 0 || before.iter().any(|b| b.0 == r.0 && b.1 == r.1)).collect();
     assert_eq!(after, before);
     // Rolling back again is a no-op.
     let (code, _, stderr) = run(stockshift().current_dir(dir.path()).args(&args));
@@ -126,7 +109,7 @@ fn without_rollback_on_failure_it_stops_frozen_and_prints_the_rollback_command()
 
 #[test]
 fn a_killed_cutover_resumes_at_its_step() {
-    let (dir, plan) = demo();
+    let (dir, plan) = demo_copy();
     // A larger source and one write per transaction, so the kill lands mid-apply.
     let mut src = std::fs::read_to_string(dir.path().join("demo/erp_snapshot.csv")).unwrap();
     for i in 0..3000 {

@@ -1,29 +1,12 @@
 //! `replay`: events applied through the mapping, order-independence, late and
 //! stale events, oversells, and exactly-once across a killed replay.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::Connection;
 
-use crate::util::{copy_dir, root, run, stockshift};
-
-fn demo() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    copy_dir(&root().join("plans"), dir.path());
-    let plan = dir.path().join("demo.yaml");
-    (dir, plan)
-}
-
-fn rows(db: &Path) -> Vec<(String, String, i64)> {
-    let c = Connection::open(db).unwrap();
-    let mut s = c.prepare("SELECT sku, location, qty FROM inventory ORDER BY location, sku").unwrap();
-    s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect()
-}
-
-fn qty(db: &Path, sku: &str, loc: &str) -> Option<i64> {
-    rows(db).into_iter().find(|r| r.0 == sku && r.1 == loc).map(|r| r.2)
-}
+use crate::util::{demo_copy, qty, run, stockshift, target_rows};
 
 fn event(id: &str, sku: &str, loc: &str, change: &str, sequence: i64) -> String {
     format!(
@@ -43,7 +26,7 @@ fn replay_file(dir: &Path, lines: &[String]) -> (i32, String, String) {
 
 #[test]
 fn events_move_source_quantities_and_every_dependent_key_is_recomputed() {
-    let (dir, _) = demo();
+    let (dir, _) = demo_copy();
     apply(dir.path());
     let events = vec![
         event("e1", "OLD-1", "WH-EAST", "\"delta\":-2", 1), // renamed: NEW-1 7 -> 5
@@ -82,7 +65,7 @@ fn events_move_source_quantities_and_every_dependent_key_is_recomputed() {
 
 #[test]
 fn late_deltas_are_never_lost_and_stale_sets_never_win() {
-    let (dir, _) = demo();
+    let (dir, _) = demo_copy();
     apply(dir.path());
     let db = dir.path().join("demo/target.db");
     let (code, _, _) = replay_file(dir.path(), &[event("s1", "SAME-1", "WH-EAST", "\"qty\":50", 10)]);
@@ -104,7 +87,7 @@ fn late_deltas_are_never_lost_and_stale_sets_never_win() {
 
 #[test]
 fn oversells_are_counted_and_unmapped_events_stay_queued() {
-    let (dir, plan) = demo();
+    let (dir, plan) = demo_copy();
     let text = std::fs::read_to_string(&plan)
         .unwrap()
         .replace("unmapped_skus: passthrough", "unmapped_skus: passthrough\n  # replay test");
@@ -179,7 +162,7 @@ fn any_permutation_and_duplication_of_the_events_gives_the_same_target() {
     let mut results = Vec::new();
     let mut r = Rng(99);
     for round in 0..6 {
-        let (dir, _) = demo();
+        let (dir, _) = demo_copy();
         apply(dir.path());
         let mut list = events.clone();
         // Shuffle, duplicate some, and deliver in several batches.
@@ -196,7 +179,7 @@ fn any_permutation_and_duplication_of_the_events_gives_the_same_target() {
             let (code, stdout, stderr) = replay_file(dir.path(), part);
             assert!(code == 0, "round {round}: {stdout}{stderr}");
         }
-        results.push(rows(&dir.path().join("demo/target.db")));
+        results.push(target_rows(&dir.path().join("demo/target.db")));
     }
     for (i, r) in results.iter().enumerate().skip(1) {
         assert_eq!(r, &results[0], "delivery order {i} gave another target");
@@ -207,14 +190,14 @@ fn any_permutation_and_duplication_of_the_events_gives_the_same_target() {
 fn a_killed_replay_restarts_exactly_once() {
     // Reference: the same events replayed without interruption.
     let events = random_events(11, 3000);
-    let (ref_dir, ref_plan) = demo();
+    let (ref_dir, ref_plan) = demo_copy();
     small_batches(&ref_plan);
     apply(ref_dir.path());
     let (code, _, stderr) = replay_file(ref_dir.path(), &events);
     assert_eq!(code, 0, "{stderr}");
-    let expected = rows(&ref_dir.path().join("demo/target.db"));
+    let expected = target_rows(&ref_dir.path().join("demo/target.db"));
 
-    let (dir, plan) = demo();
+    let (dir, plan) = demo_copy();
     small_batches(&plan);
     apply(dir.path());
     // Queue the events without replaying them.
@@ -241,7 +224,7 @@ fn a_killed_replay_restarts_exactly_once() {
     }
     let (code, stdout, stderr) = run(stockshift().current_dir(dir.path()).args(["replay", "demo.yaml"]));
     assert_eq!(code, 0, "{stdout}{stderr}");
-    assert_eq!(rows(&dir.path().join("demo/target.db")), expected, "killed {kills} times");
+    assert_eq!(target_rows(&dir.path().join("demo/target.db")), expected, "killed {kills} times");
     // Every distinct event is applied or superseded exactly once; nothing is left queued.
     let c = Connection::open(dir.path().join(".stockshift/events.db")).unwrap();
     let (total, done, queued): (i64, i64, i64) = c
@@ -279,7 +262,7 @@ fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
 
 #[test]
 fn follow_applies_new_events_and_waits_while_frozen() {
-    let (dir, _) = demo();
+    let (dir, _) = demo_copy();
     apply(dir.path());
     let db = dir.path().join("demo/target.db");
     let mut child = stockshift()
@@ -306,7 +289,7 @@ fn follow_applies_new_events_and_waits_while_frozen() {
 
 #[test]
 fn a_plain_rollback_after_a_replay_undoes_the_apply_and_keeps_the_replayed_sales() {
-    let (dir, _) = demo();
+    let (dir, _) = demo_copy();
     apply(dir.path());
     let (code, _, _) = replay_file(dir.path(), &[event("s1", "OLD-1", "WH-EAST", "\"delta\":-2", 1)]);
     assert_eq!(code, 0);
@@ -321,7 +304,7 @@ fn a_plain_rollback_after_a_replay_undoes_the_apply_and_keeps_the_replayed_sales
 
 #[test]
 fn a_new_snapshot_does_not_count_events_settled_before_it_again() {
-    let (dir, _) = demo();
+    let (dir, _) = demo_copy();
     apply(dir.path());
     let db = dir.path().join("demo/target.db");
     let (code, _, _) = replay_file(dir.path(), &[event("e1", "HOT-1", "WH-EAST", "\"delta\":-2", 1)]);
@@ -343,7 +326,7 @@ fn a_new_snapshot_does_not_count_events_settled_before_it_again() {
 
 #[test]
 fn replay_refuses_to_build_on_a_rolled_back_apply() {
-    let (dir, _) = demo();
+    let (dir, _) = demo_copy();
     apply(dir.path());
     let (code, _, _) = run(stockshift().current_dir(dir.path()).args(["rollback", "demo.yaml", "--auto-approve"]));
     assert_eq!(code, 0);

@@ -62,3 +62,24 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// A copy of `plans/` in a temporary folder, and the demo plan's path in it.
+pub fn demo_copy() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&root().join("plans"), dir.path());
+    let plan = dir.path().join("demo.yaml");
+    (dir, plan)
+}
+
+/// Every row of a SQLite inventory table, ordered by location and SKU.
+pub fn target_rows(db: &Path) -> Vec<(String, String, i64)> {
+    let c = rusqlite::Connection::open(db).unwrap();
+    let mut s = c.prepare("SELECT sku, location, qty FROM inventory ORDER BY location, sku").unwrap();
+    s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect()
+}
+
+/// One key's quantity in a SQLite inventory table.
+pub fn qty(db: &Path, sku: &str, loc: &str) -> Option<i64> {
+    let c = rusqlite::Connection::open(db).unwrap();
+    c.query_row("SELECT qty FROM inventory WHERE sku = ?1 AND location = ?2", [sku, loc], |r| r.get(0)).ok()
+}

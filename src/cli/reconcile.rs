@@ -21,9 +21,10 @@ use crate::ops::apply::{ApplyError, ApplyOptions, summary_line};
 use crate::ops::plan::PlanError;
 use crate::ops::reconcile::{
     Cause, Drift, FixOptions, Kpi, KpiStatus, ReconcileError, ReconcileOptions, Report, percent, seconds, show_value,
-    thousands,
 };
 use crate::render::Format;
+use crate::render::short_sha;
+use crate::render::text::{cut, md_code, md_text, printable, quoted, thousands};
 use crate::state::{Actor, StateStore};
 
 /// Arguments of `reconcile`.
@@ -341,43 +342,6 @@ fn time_line(r: &Report) -> String {
     format!("Reconcile time: {} for {} keys ({per_key}).", seconds(r.seconds), thousands(r.keys as i64))
 }
 
-fn short_sha(sha: &str) -> &str {
-    match sha.char_indices().nth(12) {
-        Some((i, _)) => &sha[..i],
-        None => sha,
-    }
-}
-
-/// `s` with control characters escaped, so data can never drive the terminal.
-fn printable(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(char::is_control) {
-        return Cow::Borrowed(s);
-    }
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        if c.is_control() { out.extend(c.escape_default()) } else { out.push(c) }
-    }
-    Cow::Owned(out)
-}
-
-/// `"s"`, with quotes, backslashes and control characters escaped.
-fn quoted(s: &str) -> String {
-    let mut q = String::with_capacity(s.len() + 2);
-    q.push('"');
-    for c in s.chars() {
-        match c {
-            '"' | '\\' => {
-                q.push('\\');
-                q.push(c);
-            }
-            c if c.is_control() => q.extend(c.escape_default()),
-            c => q.push(c),
-        }
-    }
-    q.push('"');
-    q
-}
-
 // ---------------------------------------------------------------- markdown
 
 /// The output is always shorter than this many bytes (GitHub's comment limit is
@@ -387,8 +351,6 @@ pub const MAX_LEN: usize = 65_000;
 const MIN_ROW_LEN: usize = 8;
 /// At most this many warnings and notes are listed.
 const MAX_TEXTS: usize = 30;
-/// A longer text is cut to this many characters.
-const MAX_TEXT: usize = 300;
 
 const TEMPLATE_NAME: &str = "reconcile.md.j2";
 const TEMPLATE: &str = include_str!("../../templates/reconcile.md.j2");
@@ -520,62 +482,6 @@ fn environment() -> Environment<'static> {
     env.add_filter("signed", |n: i64| if n > 0 { format!("+{}", thousands(n)) } else { thousands(n) });
     env.add_template(TEMPLATE_NAME, TEMPLATE).expect("the built-in template parses");
     env
-}
-
-/// `s` cut to [`MAX_TEXT`] characters, with `…` when cut.
-fn cut(s: &str) -> String {
-    match s.char_indices().nth(MAX_TEXT) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_string(),
-    }
-}
-
-/// Plain text made inert for inline Markdown, also in a table cell (the same
-/// rules as the plan comment's `md_text` in `render::markdown`).
-fn md_text(s: &str) -> String {
-    let s = s.trim_start();
-    let mut out = String::with_capacity(s.len() + 8);
-    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
-    let block_marker = match s.as_bytes().first() {
-        Some(b'#' | b'-' | b'+') => Some(0),
-        Some(b'0'..=b'9') if matches!(s.as_bytes().get(digits), Some(b'.' | b')')) => Some(digits),
-        _ => None,
-    };
-    for (i, c) in s.char_indices() {
-        match c {
-            '\\' | '`' | '*' | '_' | '[' | ']' | '<' | '>' | '|' | '~' | '$' | '&' => {
-                out.push('\\');
-                out.push(c);
-            }
-            c if c.is_control() => out.push(' '),
-            c => {
-                if block_marker == Some(i) {
-                    out.push('\\');
-                }
-                out.push(c);
-            }
-        }
-    }
-    out
-}
-
-/// `s` as an inline code span, safe inside a table cell (the same rules as the
-/// plan comment's `md_code`).
-fn md_code(s: &str) -> String {
-    if s.is_empty() {
-        return String::new();
-    }
-    let body: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect::<String>().replace('|', "\\|");
-    let mut longest = 0;
-    let mut run = 0;
-    for c in body.chars() {
-        run = if c == '`' { run + 1 } else { 0 };
-        longest = longest.max(run);
-    }
-    let fence = "`".repeat(longest + 1);
-    let strips = body.starts_with(' ') && body.ends_with(' ') && body.trim() != "";
-    let space = if strips || body.starts_with('`') || body.ends_with('`') { " " } else { "" };
-    format!("{fence}{space}{body}{space}{fence}")
 }
 
 #[cfg(test)]

@@ -38,6 +38,7 @@ use crate::mapping::{LocationRule, Mapping, SkuRule};
 use crate::ops::apply::{ApplyError, ApplyOptions, Conflict, Failure, execute};
 use crate::ops::plan::PlanError;
 use crate::provider::{self, Provider, Write};
+use crate::render::text::thousands;
 use crate::state::lock::LockInfo;
 use crate::state::{Counts, NewOperation, OpKind, StateError, StateStore};
 
@@ -531,22 +532,6 @@ pub fn seconds(x: f64) -> String {
     } else {
         format!("{:.2} µs", x * 1e6)
     }
-}
-
-/// `1234567` as `1,234,567`.
-pub fn thousands(n: i64) -> String {
-    let digits = n.unsigned_abs().to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);
-    if n < 0 {
-        out.push('-');
-    }
-    for (i, d) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(d);
-    }
-    out
 }
 
 /// The value stockshift last wrote to each key: the `after` of the newest audit row

@@ -23,6 +23,7 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
+use super::text::{printable, quoted};
 use super::{RenderOptions, short_sha};
 use crate::artifact::PlanArtifact;
 use crate::diff::{Action, Change};
@@ -185,39 +186,4 @@ fn pad(out: &mut String, n: usize) {
 /// Display width, counted in characters.
 fn width(s: &str) -> usize {
     s.chars().count()
-}
-
-/// `s` with control characters escaped (`\n`, `\u{1b}`, ...), so that names read
-/// from providers cannot break lines or send escape sequences to the terminal.
-fn printable(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(char::is_control) {
-        return Cow::Borrowed(s);
-    }
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    Cow::Owned(out)
-}
-
-/// `"s"`, with quotes and backslashes inside escaped.
-fn quoted(s: &str) -> String {
-    let mut q = String::with_capacity(s.len() + 2);
-    q.push('"');
-    for c in s.chars() {
-        match c {
-            '"' | '\\' => {
-                q.push('\\');
-                q.push(c);
-            }
-            c if c.is_control() => q.extend(c.escape_default()),
-            c => q.push(c),
-        }
-    }
-    q.push('"');
-    q
 }

@@ -12,6 +12,7 @@
 pub mod human;
 pub mod json;
 pub mod markdown;
+pub(crate) mod text;
 
 use std::fmt;
 use std::str::FromStr;

@@ -631,16 +631,20 @@ impl StateStore {
 
     /// Outcome counts of an operation from its audit rows.
     pub fn counts(&self, op_id: &str) -> Result<Counts, StateError> {
+        self.outcome_counts("SELECT outcome, count(*) FROM audit WHERE op_id = ?1 GROUP BY outcome", Some(op_id))
+    }
+
+    /// Outcome counts from a `SELECT outcome, count(*) ... GROUP BY outcome` query.
+    fn outcome_counts(&self, sql: &str, op_id: Option<&str>) -> Result<Counts, StateError> {
         let mut c = Counts::default();
-        let mut stmt = self
-            .conn
-            .prepare("SELECT outcome, count(*) FROM audit WHERE op_id = ?1 GROUP BY outcome")
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([op_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))
-            .map_err(|e| self.err(e))?;
-        for row in rows {
-            let (o, n) = row.map_err(|e| self.err(e))?;
+        let mut stmt = self.conn.prepare(sql).map_err(|e| self.err(e))?;
+        let map = |r: &rusqlite::Row<'_>| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64));
+        let rows: Vec<(String, u64)> = match op_id {
+            Some(id) => stmt.query_map([id], map).and_then(|rows| rows.collect()),
+            None => stmt.query_map([], map).and_then(|rows| rows.collect()),
+        }
+        .map_err(|e| self.err(e))?;
+        for (o, n) in rows {
             match o.as_str() {
                 "applied" => c.applied = n,
                 "already_applied" => c.already_applied = n,
@@ -745,22 +749,7 @@ impl StateStore {
 
     /// Every audited write's outcome, counted over all operations.
     pub fn write_counts(&self) -> Result<Counts, StateError> {
-        let mut c = Counts::default();
-        let mut stmt =
-            self.conn.prepare("SELECT outcome, count(*) FROM audit GROUP BY outcome").map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))
-            .map_err(|e| self.err(e))?;
-        for row in rows {
-            let (o, n) = row.map_err(|e| self.err(e))?;
-            match o.as_str() {
-                "applied" => c.applied = n,
-                "already_applied" => c.already_applied = n,
-                "conflict" => c.conflicts = n,
-                _ => c.failed += n,
-            }
-        }
-        Ok(c)
+        self.outcome_counts("SELECT outcome, count(*) FROM audit GROUP BY outcome", None)
     }
 
     /// A cutover run: its row, or `None`.
