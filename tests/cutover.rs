@@ -177,3 +177,23 @@ fn the_demo_command_runs_in_a_fresh_folder() {
     assert_eq!(code, 1);
     assert!(stderr.contains("already holds a demo"), "{stderr}");
 }
+
+#[test]
+fn a_fulfilment_failure_rate_over_its_threshold_fails_the_cutover() {
+    let (dir, _) = demo_copy();
+    let (code, stdout, stderr) = run(stockshift().current_dir(dir.path()).args([
+        "cutover",
+        "demo.yaml",
+        "--auto-approve",
+        "--fulfillment-failure-rate",
+        "0.05",
+        "--format",
+        "json",
+    ]));
+    assert_eq!(code, 3, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON document");
+    assert_eq!(report["verdict"], "fail");
+    assert_eq!(report["decision"], "stopped_frozen");
+    let kpi = report["kpis"].as_array().unwrap().iter().find(|k| k["name"] == "fulfillment_failure_rate").unwrap();
+    assert_eq!((kpi["status"].as_str(), kpi["threshold"].as_f64()), (Some("breach"), Some(0.02)));
+}
