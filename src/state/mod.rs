@@ -307,6 +307,9 @@ CREATE TABLE IF NOT EXISTS lock (
 );
 ";
 
+/// Schema version of `state.db` (`PRAGMA user_version`).
+const STATE_SCHEMA_VERSION: i64 = 1;
+
 /// Now, as an RFC 3339 timestamp (UTC, seconds).
 pub fn now() -> String {
     // Milliseconds: replay orders "settled before this snapshot" by these times.
@@ -331,6 +334,7 @@ impl StateStore {
             .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000;")
             .map_err(|e| store.err(e))?;
         store.conn.execute_batch(SCHEMA).map_err(|e| store.err(e))?;
+        store.migrate()?;
         store
             .conn
             .execute(
@@ -339,6 +343,38 @@ impl StateStore {
             )
             .map_err(|e| store.err(e))?;
         Ok(store)
+    }
+
+    /// Brings a state file made by an earlier stockshift up to this schema
+    /// (columns added since), and refuses one made by a newer stockshift.
+    fn migrate(&self) -> Result<(), StateError> {
+        let version: i64 = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| self.err(e))?;
+        if version > STATE_SCHEMA_VERSION {
+            return Err(StateError::Io {
+                path: self.path.display().to_string(),
+                message: format!(
+                    "written by a newer stockshift (schema {version}, this one reads {STATE_SCHEMA_VERSION}); upgrade stockshift"
+                ),
+            });
+        }
+        let added: &[(&str, &str, &str)] = &[
+            ("intents", "writes", "TEXT NOT NULL DEFAULT '[]'"),
+            ("operations", "snapshot", "TEXT"),
+            ("operations", "snapshot_sha256", "TEXT"),
+        ];
+        for (table, column, decl) in added {
+            let has: i64 = self
+                .conn
+                .query_row("SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2", [table, column], |r| r.get(0))
+                .map_err(|e| self.err(e))?;
+            if has == 0 {
+                self.conn
+                    .execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))
+                    .map_err(|e| self.err(e))?;
+            }
+        }
+        self.conn.execute_batch(&format!("PRAGMA user_version = {STATE_SCHEMA_VERSION}")).map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     /// Opens the store only if it exists (for `plan`, which must not create state).
@@ -909,6 +945,22 @@ impl StateStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_older_state_file_gains_the_new_columns_and_a_newer_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Connection::open(dir.path().join("state.db")).unwrap();
+        c.execute_batch("CREATE TABLE intents (op_id TEXT NOT NULL, first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, at TEXT NOT NULL, PRIMARY KEY (op_id, first_seq));").unwrap();
+        drop(c);
+        let mut s = StateStore::open(dir.path()).unwrap();
+        s.intent("op", 0, 0, &[(0, "A", "W", None, 1)]).unwrap();
+        drop(s);
+        let c = Connection::open(dir.path().join("state.db")).unwrap();
+        c.execute_batch("PRAGMA user_version = 99").unwrap();
+        drop(c);
+        let e = StateStore::open(dir.path()).err().expect("refused").to_string();
+        assert!(e.contains("newer stockshift"), "{e}");
+    }
 
     #[test]
     fn lineage_is_stable_and_serial_moves_per_operation() {
