@@ -9,8 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROWS=${1:-1000000}
 command -v /usr/bin/time >/dev/null || apt-get install -y time >/dev/null
-cargo build --release -q
-BIN=$PWD/target/release/stockshift
+# STOCKSHIFT_BIN measures another build (e.g. a release to compare with).
+if [ -z "${STOCKSHIFT_BIN:-}" ]; then cargo build --release -q; fi
+BIN=${STOCKSHIFT_BIN:-$PWD/target/release/stockshift}
 DIR=$PWD/target/bench-apply/$ROWS
 rm -rf "$DIR" && mkdir -p "$DIR"
 

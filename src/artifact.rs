@@ -60,6 +60,9 @@ pub struct PlanArtifact {
     /// SHA-256 of the file this document was read from (saves re-serializing to hash it).
     #[serde(skip)]
     pub file_sha256: Option<String>,
+    /// The file this document was read from (so a killed apply can be accounted for from it).
+    #[serde(skip)]
+    pub file_path: Option<std::path::PathBuf>,
 }
 
 /// Why a saved plan could not be read.
@@ -98,6 +101,7 @@ impl PlanArtifact {
             Ok(mut doc) if doc.format_version == FORMAT_VERSION => {
                 use sha2::{Digest, Sha256};
                 doc.file_sha256 = Some(hex::encode(Sha256::digest(&bytes)));
+                doc.file_path = Some(std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()));
                 Ok(doc)
             }
             Ok(doc) => Err(ReadError::Version { path: shown, found: doc.format_version }),
@@ -108,7 +112,9 @@ impl PlanArtifact {
                     format_version: u32,
                 }
                 match serde_json::from_slice::<Probe>(&bytes) {
-                    Ok(p) if p.format_version != FORMAT_VERSION => Err(ReadError::Version { path: shown, found: p.format_version }),
+                    Ok(p) if p.format_version != FORMAT_VERSION => {
+                        Err(ReadError::Version { path: shown, found: p.format_version })
+                    }
                     _ => Err(ReadError::Parse { path: shown, source }),
                 }
             }

@@ -316,14 +316,17 @@ fn a_killed_apply_resumes_with_nothing_lost_or_doubled() {
     assert!(store.lock_info().unwrap().is_none(), "the lock is released");
 }
 
-#[test]
-fn a_killed_plan_file_apply_is_accounted_for_by_the_next_one() {
+/// Kills the apply started with `first`, then applies a fresh plan of the rest.
+fn killed_then_replanned(first: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let keys = 4000;
     large_apply(dir.path(), keys);
+    let (code, _, stderr) =
+        run(stockshift().current_dir(dir.path()).args(["plan", "p.yaml", "--out", "big.plan.json"]));
+    assert_eq!(code, 0, "{stderr}");
     let mut child = stockshift()
         .current_dir(dir.path())
-        .args(["apply", "p.yaml", "--auto-approve"])
+        .args(first)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -370,6 +373,18 @@ fn a_killed_plan_file_apply_is_accounted_for_by_the_next_one() {
         .query_row("SELECT count(*) FROM intents", [], |r| r.get(0))
         .unwrap();
     assert!(intents >= (keys / 25) as i64, "{intents} intents");
+}
+
+#[test]
+fn a_killed_plan_file_apply_is_accounted_for_by_the_next_one() {
+    // Its writes are journaled with each intent.
+    killed_then_replanned(&["apply", "p.yaml", "--auto-approve"]);
+}
+
+#[test]
+fn a_killed_saved_plan_apply_is_accounted_for_by_the_next_one() {
+    // Its writes are read back from the saved plan file.
+    killed_then_replanned(&["apply", "big.plan.json"]);
 }
 
 #[test]

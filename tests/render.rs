@@ -40,6 +40,7 @@ fn artifact(name: &str, diff: Diff) -> PlanArtifact {
         state: None,
         rollback_of: None,
         file_sha256: None,
+        file_path: None,
     }
 }
 

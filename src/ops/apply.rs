@@ -29,6 +29,8 @@ pub struct ApplyOptions {
     /// First backoff delay; doubles per attempt up to `max_backoff`, with full jitter.
     pub base_backoff: Duration,
     pub max_backoff: Duration,
+    /// Journal each batch's writes with its intent (off when a saved plan file holds them).
+    pub journal_writes: bool,
 }
 
 impl ApplyOptions {
@@ -41,6 +43,7 @@ impl ApplyOptions {
             max_attempts: 6,
             base_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
+            journal_writes: true,
         }
     }
 }
@@ -270,7 +273,12 @@ pub fn apply_to(
         save_snapshot(plan, doc, state, &op.id)?;
     }
     let pending: Vec<usize> = (0..changes.len()).filter(|i| !done.contains(&(*i as u64))).collect();
-    let run = execute(state, &op.id, target, &pending, &write_of, opts)?;
+    let mut opts = opts.clone();
+    if let Some(path) = &doc.file_path {
+        state.set_artifact_path(&op.id, &path.display().to_string())?;
+        opts.journal_writes = false;
+    }
+    let run = execute(state, &op.id, target, &pending, &write_of, &opts)?;
     let (conflicts, failures, sent) = (run.conflicts, run.failures, run.sent);
     let counts = state.counts(&op.id)?;
     state.finish(&op.id, counts)?;
@@ -310,7 +318,23 @@ pub struct ExecRun {
 /// operation is then marked `interrupted`. (Re-running the same saved plan
 /// resumes it instead; this is for a new plan made after the kill.)
 pub fn recover_interrupted(state: &mut StateStore, target: &mut dyn Provider) -> Result<u64, ApplyError> {
-    let pending = state.unfinished_writes()?;
+    let mut pending: Vec<(String, u64, String, String, Option<i64>, i64)> = Vec::new();
+    for intent in state.unfinished_intents()? {
+        if !intent.writes.is_empty() {
+            pending.extend(
+                intent.writes.into_iter().map(|(seq, sku, loc, b, a)| (intent.op_id.clone(), seq, sku, loc, b, a)),
+            );
+        } else if let Some(path) = &intent.artifact_path {
+            // The saved plan holds the writes, in seq order.
+            if let Ok(doc) = PlanArtifact::read(std::path::Path::new(path)) {
+                for seq in intent.missing {
+                    if let Some(c) = doc.diff.changes.get(seq as usize) {
+                        pending.push((intent.op_id.clone(), seq, c.sku.clone(), c.location.clone(), c.before, c.after));
+                    }
+                }
+            }
+        }
+    }
     let mut ops: Vec<String> =
         state.operations()?.into_iter().filter(|o| o.status == "running").map(|o| o.id).collect();
     ops.dedup();

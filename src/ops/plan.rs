@@ -106,6 +106,7 @@ pub fn run(plan: &Plan, state: Option<StateRef>) -> Result<PlanArtifact, PlanErr
         state,
         rollback_of: None,
         file_sha256: None,
+        file_path: None,
     })
 }
 

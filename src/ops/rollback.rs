@@ -69,6 +69,7 @@ pub fn plan_rollback_ops(plan: &Plan, state: &StateStore, ops: Vec<Operation>) -
         state: Some(crate::artifact::StateRef { lineage, serial }),
         rollback_of: Some(op.id.clone()),
         file_sha256: None,
+        file_path: None,
     };
     if let Some(by) = &op.rolled_back_by {
         doc.diff.warnings.push(format!("Operation {} was already rolled back by {by}; nothing to do.", op.id));

@@ -135,6 +135,19 @@ pub struct AuditRecord {
     pub error: Option<String>,
 }
 
+/// A journaled batch of a killed operation without outcomes (see
+/// [`StateStore::unfinished_intents`]).
+#[derive(Debug, Clone)]
+pub struct UnfinishedIntent {
+    pub op_id: String,
+    /// Sequence numbers of the batch without an outcome.
+    pub missing: Vec<u64>,
+    /// The batch's writes as journaled: (seq, sku, location, before, after); empty
+    /// when the operation applied a saved plan file (then read them from `artifact_path`).
+    pub writes: Vec<(u64, String, String, Option<i64>, i64)>,
+    pub artifact_path: Option<String>,
+}
+
 /// A cutover run as recorded.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CutoverRow {
@@ -248,7 +261,8 @@ CREATE TABLE IF NOT EXISTS operations (
   rollback_of TEXT,
   rolled_back_by TEXT,
   snapshot TEXT,
-  snapshot_sha256 TEXT
+  snapshot_sha256 TEXT,
+  artifact_path TEXT
 );
 CREATE INDEX IF NOT EXISTS operations_artifact ON operations (artifact_sha256);
 CREATE TABLE IF NOT EXISTS intents (
@@ -361,6 +375,7 @@ impl StateStore {
             ("intents", "writes", "TEXT NOT NULL DEFAULT '[]'"),
             ("operations", "snapshot", "TEXT"),
             ("operations", "snapshot_sha256", "TEXT"),
+            ("operations", "artifact_path", "TEXT"),
         ];
         for (table, column, decl) in added {
             let has: i64 = self
@@ -584,35 +599,42 @@ impl StateStore {
         Ok(())
     }
 
-    /// Writes journaled by operations that are still marked running (killed) but
-    /// have no recorded outcome: (operation id, seq, sku, location, before, after).
-    #[allow(clippy::type_complexity)]
-    pub fn unfinished_writes(&self) -> Result<Vec<(String, u64, String, String, Option<i64>, i64)>, StateError> {
+    /// Batches journaled by operations still marked running (killed) that lack
+    /// outcomes. Each comes with its writes when the journal holds them, else
+    /// with the saved plan file the operation applied (its writes are there, by seq).
+    pub fn unfinished_intents(&self) -> Result<Vec<UnfinishedIntent>, StateError> {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT i.op_id, i.writes FROM intents i JOIN operations o ON o.id = i.op_id
+                "SELECT i.op_id, i.first_seq, i.last_seq, i.writes, o.artifact_path FROM intents i JOIN operations o ON o.id = i.op_id
                  WHERE o.status = 'running'
                    AND (SELECT count(*) FROM audit a WHERE a.op_id = i.op_id AND a.seq BETWEEN i.first_seq AND i.last_seq)
                        < i.last_seq - i.first_seq + 1",
             )
             .map_err(|e| self.err(e))?;
-        let rows: Vec<(String, String)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        #[allow(clippy::type_complexity)]
+        let rows: Vec<(String, i64, i64, String, Option<String>)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
             .map_err(|e| self.err(e))?
             .collect::<Result<_, _>>()
             .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
-        for (op, blob) in rows {
-            let done: std::collections::HashSet<u64> = self.done_seqs(&op)?.into_iter().collect();
+        for (op_id, first, last, blob, artifact_path) in rows {
+            let done: std::collections::HashSet<u64> = self.done_seqs(&op_id)?.into_iter().collect();
             let writes: Vec<(u64, String, String, Option<i64>, i64)> = serde_json::from_str(&blob).unwrap_or_default();
-            for (seq, sku, loc, before, after) in writes {
-                if !done.contains(&seq) {
-                    out.push((op.clone(), seq, sku, loc, before, after));
-                }
-            }
+            let missing: Vec<u64> = (first as u64..=last as u64).filter(|s| !done.contains(s)).collect();
+            let writes = writes.into_iter().filter(|w| !done.contains(&w.0)).collect();
+            out.push(UnfinishedIntent { op_id, missing, writes, artifact_path });
         }
         Ok(out)
+    }
+
+    /// Records which saved plan file an operation applies.
+    pub fn set_artifact_path(&mut self, op_id: &str, path: &str) -> Result<(), StateError> {
+        self.conn
+            .execute("UPDATE operations SET artifact_path = ?2 WHERE id = ?1", params![op_id, path])
+            .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     /// Closes a killed operation: `interrupted`, with the counts it has.
