@@ -19,4 +19,5 @@ pub mod mapping;
 pub mod ops;
 pub mod provider;
 pub mod render;
+pub mod sim;
 pub mod state;

@@ -11,4 +11,5 @@ mod reconcile;
 mod render;
 mod replay;
 mod schema;
+mod simulate;
 mod validate;

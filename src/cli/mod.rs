@@ -10,6 +10,7 @@ mod output;
 mod reconcile;
 mod replay;
 mod serve;
+mod simulate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -110,6 +111,8 @@ pub enum Command {
     Reconcile(reconcile::ReconcileArgs),
     /// Start, stop or show the freeze: events are queued, not applied.
     Freeze(freeze::FreezeArgs),
+    /// A staging dry run on synthetic traffic with injected faults; prints KPIs from an independent ledger.
+    Simulate(simulate::SimulateArgs),
     /// Print the plan file's JSON Schema.
     Schema,
 }
@@ -166,6 +169,7 @@ fn run(cli: Cli, out: &Output) -> anyhow::Result<u8> {
         Command::Replay(args) => replay::run(args, g, out),
         Command::Reconcile(args) => reconcile::run(args, g, out),
         Command::Freeze(args) => freeze::run(args, g, out),
+        Command::Simulate(args) => simulate::run_simulate(args, g, out),
         Command::Validate { plan } => validate(&plan, out),
         Command::Plan(args) => plan(args, g, out),
         Command::Show { file, format } => {
