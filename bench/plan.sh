@@ -200,11 +200,12 @@ verify() {
 
 # ---------------------------------------------------------------- measurement
 # measure LABEL CMD...: runs CMD (stdout to /dev/null) $RUNS times under
-# /usr/bin/time -v; sets WALL (best, seconds) and RSS_MB (max peak RSS, MB).
+# /usr/bin/time -v; sets WALL (best, seconds), CPU (user + system seconds of that
+# best run) and RSS_MB (max peak RSS, MB).
 measure() {
     local label=$1; shift
-    local tv=$DATA_ROOT/.time.$$ err=$DATA_ROOT/.stderr.$$ i w r
-    WALL="" RSS_MB=0
+    local tv=$DATA_ROOT/.time.$$ err=$DATA_ROOT/.stderr.$$ i w r c
+    WALL="" CPU="" RSS_MB=0
     for ((i = 1; i <= RUNS; i++)); do
         if ! /usr/bin/time -v -o "$tv" "$@" >/dev/null 2>"$err"; then
             tail -n 20 "$err" >&2
@@ -212,15 +213,16 @@ measure() {
         fi
         w=$(awk -F': ' '/Elapsed \(wall clock\)/ { n = split($2, p, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + p[i]; print s }' "$tv")
         r=$(awk -F': ' '/Maximum resident set size/ { printf "%.0f", $2 / 1024 }' "$tv")
-        log "  $label run $i: ${w}s ${r} MB"
-        if [[ -z $WALL ]] || awk -v a="$w" -v b="$WALL" 'BEGIN { exit !(a < b) }'; then WALL=$w; fi
+        c=$(awk -F': ' '/(User|System) time \(seconds\)/ { s += $2 } END { printf "%.2f", s }' "$tv")
+        log "  $label run $i: ${w}s wall, ${c}s cpu, ${r} MB"
+        if [[ -z $WALL ]] || awk -v a="$w" -v b="$WALL" 'BEGIN { exit !(a < b) }'; then WALL=$w CPU=$c; fi
         if ((r > RSS_MB)); then RSS_MB=$r; fi
     done
     rm -f "$tv" "$err"
 }
 
 RESULTS=()
-record() { RESULTS+=("$1	$2	$3	$4"); }   # rows tool wall rss
+record() { RESULTS+=("$1	$2	$3	$4	$5"); }   # rows tool wall rss cpu
 
 for n in "${SIZES[@]}"; do
     ensure_data "$n"
@@ -231,19 +233,19 @@ for n in "${SIZES[@]}"; do
     log "measuring $n rows ($RUNS runs each)"
     if wants stockshift-csv; then
         measure "stockshift csv" "$BIN" plan "$dir/plan-csv.yaml" --format json
-        record "$n" "stockshift (csv target)" "$WALL" "$RSS_MB"
+        record "$n" "stockshift (csv target)" "$WALL" "$RSS_MB" "$CPU"
     fi
     if wants stockshift-sqlite; then
         measure "stockshift sqlite" "$BIN" plan "$dir/plan-sqlite.yaml" --format json
-        record "$n" "stockshift (sqlite target)" "$WALL" "$RSS_MB"
+        record "$n" "stockshift (sqlite target)" "$WALL" "$RSS_MB" "$CPU"
     fi
     if wants polars; then
         measure "polars" "$VENV/bin/python" bench/polars_plan.py "$dir"
-        record "$n" "polars" "$WALL" "$RSS_MB"
+        record "$n" "polars" "$WALL" "$RSS_MB" "$CPU"
     fi
     if wants polars-nochecks; then
         measure "polars --no-checks" "$VENV/bin/python" bench/polars_plan.py "$dir" --no-checks
-        record "$n" "polars --no-checks" "$WALL" "$RSS_MB"
+        record "$n" "polars --no-checks" "$WALL" "$RSS_MB" "$CPU"
     fi
 done
 
@@ -252,19 +254,19 @@ done
     echo
     echo "plan benchmark: best wall of $RUNS runs, max peak RSS; seed $SEED; $(nproc) CPUs;" \
         "polars ${POLARS_VERSION:-n/a}; $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-    printf '%-10s  %-28s  %8s  %8s  %s\n' rows tool "wall s" "peak MB" "polars wall / this wall"
+    printf '%-10s  %-28s  %8s  %8s  %8s  %s\n' rows tool "wall s" "cpu s" "peak MB" "polars wall / this wall"
     for row in "${RESULTS[@]}"; do
-        IFS=$'\t' read -r n tool wall rss <<<"$row"
+        IFS=$'\t' read -r n tool wall rss cpu <<<"$row"
         polars_wall=""
         for other in "${RESULTS[@]}"; do
-            IFS=$'\t' read -r n2 tool2 wall2 _ <<<"$other"
+            IFS=$'\t' read -r n2 tool2 wall2 _ _ <<<"$other"
             [[ $n2 == "$n" && $tool2 == polars ]] && polars_wall=$wall2
         done
         ratio=""
         if [[ -n $polars_wall && $tool == stockshift* ]]; then
             ratio=$(awk -v p="$polars_wall" -v s="$wall" 'BEGIN { if (s > 0) printf "%.2fx", p / s; else print "inf" }')
         fi
-        printf '%-10s  %-28s  %8.2f  %8d  %s\n' "$n" "$tool" "$wall" "$rss" "$ratio"
+        printf '%-10s  %-28s  %8.2f  %8.2f  %8d  %s\n' "$n" "$tool" "$wall" "$cpu" "$rss" "$ratio"
     done
     echo
     echo "ratio > 1: stockshift is faster than polars on the same inputs (csv target is the headline)."

@@ -4,8 +4,11 @@ use crate::artifact::{FORMAT_VERSION, InputDigest, PlanArtifact, PlanMeta, State
 use crate::config::check::Plan;
 use crate::config::model::ProviderConfig;
 use crate::diag::{Diagnostic, Diagnostics};
-use crate::diff::engine::{Engine, Issue, Side};
+use crate::diff::engine::{Issue, Reader, Side, plan_parallel};
 use crate::provider::{self, ProviderError, RowSink};
+
+/// Most parts an input is read in at once.
+const MAX_READ_PARTS: usize = 4;
 
 /// Why planning failed.
 #[derive(Debug, thiserror::Error)]
@@ -15,23 +18,6 @@ pub enum PlanError {
     Input(crate::diag::DiagnosticsError),
     #[error(transparent)]
     Provider(#[from] ProviderError),
-}
-
-struct Feed<'a, 'm> {
-    engine: &'a mut Engine<'m>,
-    side: Side,
-}
-
-impl RowSink for Feed<'_, '_> {
-    fn row(&mut self, sku: &str, location: &str, qty: i64, line: u64) {
-        match self.side {
-            Side::Source => self.engine.add_source(sku, location, qty, line),
-            Side::Target => self.engine.add_target(sku, location, qty, line),
-        }
-    }
-    fn problem(&mut self, line: u64, col: usize, summary: String, help: String) {
-        self.engine.issue(self.side, line, col, summary, help);
-    }
 }
 
 /// Where rows of a provider come from, for messages: `plans/data/erp.csv`, or a
@@ -76,23 +62,35 @@ pub fn issues_to_diags(plan: &Plan, issues: Vec<Issue>, total: u64) -> Diagnosti
     diags
 }
 
-/// Reads both sides and computes the plan document.
+/// Reads both sides and computes the plan document. The target and the source
+/// are read at the same time, on two threads (see `diff::engine`).
 pub fn run(plan: &Plan, state: Option<StateRef>) -> Result<PlanArtifact, PlanError> {
-    let mut engine = Engine::new(&plan.mapping);
-    let mut target = provider::open(&plan.config.target, &plan.dir);
-    let tinfo = target.read(&mut Feed { engine: &mut engine, side: Side::Target })?;
-    let mut source = provider::open(&plan.config.source, &plan.dir);
-    let sinfo = source.read(&mut Feed { engine: &mut engine, side: Side::Source })?;
+    // The target is read in parts where its provider can split its read (a database
+    // scanned by rowid ranges), so that no single reader thread is the bottleneck.
+    let parts = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_READ_PARTS);
+    let target: Vec<Reader<'_, ProviderError>> =
+        match provider::open(&plan.config.target, &plan.dir).read_parts(parts)? {
+            Some(parts) => parts.into_iter().map(|p| p as Reader<'_, ProviderError>).collect(),
+            None => vec![Box::new(|sink: &mut dyn RowSink| provider::open(&plan.config.target, &plan.dir).read(sink))],
+        };
+    let source: Reader<'_, ProviderError> = Box::new(|sink: &mut dyn RowSink| {
+        let mut info = provider::open(&plan.config.source, &plan.dir).read(sink)?;
+        // A database-backed source has no digest of its own: hash its file here, on
+        // the source's thread, so a changed source makes a saved plan stale.
+        info.sha256 = info.sha256.or_else(|| file_sha(plan, &plan.config.source));
+        Ok(info)
+    });
+    let planned = plan_parallel(&plan.mapping, target, vec![source])?;
 
     let mut inputs = vec![];
     let digest = |role: &str, cfg: &ProviderConfig, sha: Option<String>| -> Option<InputDigest> {
         sha.map(|sha256| InputDigest { role: role.into(), path: path_of(cfg).to_owned(), sha256 })
     };
-    inputs.extend(digest("source", &plan.config.source, sinfo.sha256.or_else(|| file_sha(plan, &plan.config.source))));
-    inputs.extend(digest("target", &plan.config.target, tinfo.sha256));
+    inputs.extend(digest("source", &plan.config.source, planned.source.sha256));
+    inputs.extend(digest("target", &plan.config.target, planned.target.sha256));
     inputs.extend(plan.inputs.iter().cloned());
 
-    let (mut diff, _stats) = engine.finish().map_err(|(issues, total)| {
+    let (mut diff, _stats) = planned.outcome.map_err(|(issues, total)| {
         PlanError::Input(crate::diag::DiagnosticsError(issues_to_diags(plan, issues, total)))
     })?;
     for w in plan.warnings.iter() {

@@ -1,12 +1,13 @@
 //! The `sqlite` provider: one inventory table in a SQLite file. Readable and
 //! writable, with native compare-and-set (a conditional write inside a transaction).
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use super::{Capabilities, CompareMode, Provider, ProviderError, ReadInfo, RowSink, Write, WriteOutcome};
+use super::{Capabilities, CompareMode, Provider, ProviderError, ReadInfo, ReadPart, RowSink, Write, WriteOutcome};
 use crate::config::model::ColumnsConfig;
 
 /// A table `inventory(sku, location, qty, version)` (names configurable).
@@ -92,6 +93,35 @@ impl SqliteProvider {
         Ok(())
     }
 
+    /// The snapshot query; with a range, only lo < rowid <= hi (each bound optional).
+    fn select(&self, range: Option<(Option<i64>, Option<i64>)>) -> String {
+        let mut sql = format!(
+            "SELECT \"{}\", \"{}\", \"{}\", rowid FROM \"{}\"",
+            self.columns.sku, self.columns.location, self.columns.qty, self.table
+        );
+        if let Some((lo, hi)) = range {
+            let conds: Vec<String> = [lo.map(|l| format!("rowid > {l}")), hi.map(|h| format!("rowid <= {h}"))]
+                .into_iter()
+                .flatten()
+                .collect();
+            if !conds.is_empty() {
+                sql.push_str(" WHERE ");
+                sql.push_str(&conds.join(" AND "));
+            }
+            sql.push_str(" ORDER BY rowid");
+        }
+        sql
+    }
+
+    /// Another connection to the same file, for one part of a split read.
+    fn open_reader(&self) -> Result<Connection, ProviderError> {
+        let conn =
+            Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+                .map_err(|e| self.err(e))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(|e| self.err(e))?;
+        Ok(conn)
+    }
+
     fn has_version(&mut self) -> Result<bool, ProviderError> {
         let table = self.table.clone();
         let version = self.columns.version.clone();
@@ -115,52 +145,76 @@ impl Provider for SqliteProvider {
     }
 
     fn read(&mut self, sink: &mut dyn RowSink) -> Result<ReadInfo, ProviderError> {
-        let sql = format!(
-            "SELECT \"{}\", \"{}\", \"{}\", rowid FROM \"{}\"",
-            self.columns.sku, self.columns.location, self.columns.qty, self.table
-        );
+        let sql = self.select(None);
         let what = self.describe();
         let conn = self.conn()?;
-        let fail = |e: rusqlite::Error| ProviderError::Unavailable { what: what.clone(), message: e.to_string() };
-        let mut stmt = conn.prepare(&sql).map_err(fail)?;
-        let mut rs = stmt.query([]).map_err(fail)?;
-        let mut rows = 0u64;
-        while let Some(row) = rs.next().map_err(fail)? {
-            rows += 1;
-            let line = row.get_ref(3).ok().and_then(|v| v.as_i64().ok()).unwrap_or(0).max(0) as u64;
-            let text = |i: usize| -> Option<String> {
-                match row.get_ref(i).ok()? {
-                    ValueRef::Text(t) => std::str::from_utf8(t).ok().map(str::to_owned),
-                    ValueRef::Integer(n) => Some(n.to_string()),
-                    _ => None,
-                }
-            };
-            let (Some(sku), Some(loc)) = (text(0), text(1)) else {
-                sink.problem(
-                    line,
-                    0,
-                    "Row with a missing or non-text SKU or location".into(),
-                    "Every row needs a SKU and a location.".into(),
-                );
-                continue;
-            };
-            let qty = match row.get_ref(2) {
-                Ok(ValueRef::Integer(n)) => Some(n),
-                Ok(ValueRef::Text(t)) => std::str::from_utf8(t).ok().and_then(super::parse_qty),
-                Ok(ValueRef::Real(f)) if f.fract() == 0.0 && f.abs() < 9e15 => Some(f as i64),
-                _ => None,
-            };
-            match qty {
-                Some(q) => sink.row(&sku, &loc, q, line),
-                None => sink.problem(
-                    line,
-                    0,
-                    format!("Row ({sku}, {loc}) has a missing or non-integer quantity"),
-                    "Quantities are whole numbers of units.".into(),
-                ),
-            }
-        }
+        let rows = stream_rows(conn, &sql, &what, sink)?;
         Ok(ReadInfo { rows, sha256: None })
+    }
+
+    /// Contiguous rowid ranges, each read on its own connection. Every part's read
+    /// transaction starts while the first part's holds its SHARED lock, which (outside
+    /// WAL mode) no commit can get past, so all parts read the same snapshot; a WAL
+    /// database, where commits can land between the parts' starts, is not split.
+    fn read_parts(&mut self, parts: usize) -> Result<Option<Vec<ReadPart>>, ProviderError> {
+        if parts < 2 {
+            return Ok(None);
+        }
+        let what = self.describe();
+        let table = self.table.clone();
+        let journal: String = {
+            let conn = self.conn()?; // also checks the table and its columns, as `read` does
+            conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).map_err(|e| self.err(e))?
+        };
+        if journal.eq_ignore_ascii_case("wal") {
+            return Ok(None);
+        }
+        let first = self.open_reader()?;
+        first.execute_batch("BEGIN").map_err(|e| self.err(e))?;
+        let (lo, hi): (Option<i64>, Option<i64>) = first
+            // Two subqueries: SQLite reads a b-tree end for a lone min() or max(), but
+            // scans the whole table for both in one SELECT.
+            .query_row(
+                &format!("SELECT (SELECT min(rowid) FROM \"{table}\"), (SELECT max(rowid) FROM \"{table}\")"),
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(|e| self.err(e))?;
+        let (Some(lo), Some(hi)) = (lo, hi) else { return Ok(None) };
+        let span = i128::from(hi) - i128::from(lo);
+        if span < SPLIT_MIN_ROWS * parts as i128 {
+            return Ok(None);
+        }
+        // Part k reads lo_k < rowid <= hi_k; the first has no lower bound and the last no
+        // upper one, so every row is read exactly once whatever the rowids.
+        let cut = |k: usize| (i128::from(lo) + span * k as i128 / parts as i128) as i64;
+        let mut conns = vec![first];
+        for _ in 1..parts {
+            let c = self.open_reader()?;
+            c.execute_batch("BEGIN").map_err(|e| self.err(e))?;
+            c.query_row(&format!("SELECT count(*) FROM (SELECT 1 FROM \"{table}\" LIMIT 1)"), [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map_err(|e| self.err(e))?;
+            conns.push(c);
+        }
+        let out = conns
+            .into_iter()
+            .enumerate()
+            .map(|(k, conn)| {
+                let range =
+                    (if k == 0 { None } else { Some(cut(k)) }, if k + 1 == parts { None } else { Some(cut(k + 1)) });
+                let sql = self.select(Some(range));
+                let what = what.clone();
+                Box::new(move |sink: &mut dyn RowSink| {
+                    let rows = stream_rows(&conn, &sql, &what, sink)?;
+                    conn.execute_batch("COMMIT")
+                        .map_err(|e| ProviderError::Unavailable { what, message: e.to_string() })?;
+                    Ok(ReadInfo { rows, sha256: None })
+                }) as ReadPart
+            })
+            .collect();
+        Ok(Some(out))
     }
 
     fn write_batch(&mut self, writes: &[Write]) -> Result<Vec<WriteOutcome>, ProviderError> {
@@ -216,6 +270,54 @@ impl Provider for SqliteProvider {
         tx.commit().map_err(fail)?;
         Ok(out)
     }
+}
+
+/// Smallest rowid span per part worth a thread of its own.
+const SPLIT_MIN_ROWS: i128 = 50_000;
+
+/// Runs a snapshot query and streams its rows into `sink`; returns how many.
+fn stream_rows(conn: &Connection, sql: &str, what: &str, sink: &mut dyn RowSink) -> Result<u64, ProviderError> {
+    let fail = |e: rusqlite::Error| ProviderError::Unavailable { what: what.to_owned(), message: e.to_string() };
+    let mut stmt = conn.prepare(sql).map_err(fail)?;
+    let mut rs = stmt.query([]).map_err(fail)?;
+    let mut rows = 0u64;
+    while let Some(row) = rs.next().map_err(fail)? {
+        rows += 1;
+        let line = row.get_ref(3).ok().and_then(|v| v.as_i64().ok()).unwrap_or(0).max(0) as u64;
+        // Text is passed on as borrowed from SQLite's row buffer: no allocation per row.
+        let text = |i: usize| -> Option<Cow<'_, str>> {
+            match row.get_ref(i).ok()? {
+                ValueRef::Text(t) => std::str::from_utf8(t).ok().map(Cow::Borrowed),
+                ValueRef::Integer(n) => Some(Cow::Owned(n.to_string())),
+                _ => None,
+            }
+        };
+        let (Some(sku), Some(loc)) = (text(0), text(1)) else {
+            sink.problem(
+                line,
+                0,
+                "Row with a missing or non-text SKU or location".into(),
+                "Every row needs a SKU and a location.".into(),
+            );
+            continue;
+        };
+        let qty = match row.get_ref(2) {
+            Ok(ValueRef::Integer(n)) => Some(n),
+            Ok(ValueRef::Text(t)) => std::str::from_utf8(t).ok().and_then(super::parse_qty),
+            Ok(ValueRef::Real(f)) if f.fract() == 0.0 && f.abs() < 9e15 => Some(f as i64),
+            _ => None,
+        };
+        match qty {
+            Some(q) => sink.row(&sku, &loc, q, line),
+            None => sink.problem(
+                line,
+                0,
+                format!("Row ({sku}, {loc}) has a missing or non-integer quantity"),
+                "Quantities are whole numbers of units.".into(),
+            ),
+        }
+    }
+    Ok(rows)
 }
 
 #[cfg(test)]
@@ -290,5 +392,63 @@ mod tests {
         let mut p3 = SqliteProvider::new(p.path.clone(), "inventory".into(), cols);
         let e = p3.read(&mut Nop).unwrap_err().to_string();
         assert!(e.contains("no column(s) quantity"), "{e}");
+    }
+
+    #[derive(Default)]
+    struct All(Vec<(String, String, i64, u64)>, Vec<(u64, String)>);
+    impl RowSink for All {
+        fn row(&mut self, sku: &str, l: &str, qty: i64, line: u64) {
+            self.0.push((sku.into(), l.into(), qty, line));
+        }
+        fn problem(&mut self, line: u64, _: usize, s: String, _: String) {
+            self.1.push((line, s));
+        }
+    }
+
+    #[test]
+    fn split_reads_stream_the_same_rows_from_one_snapshot() {
+        let (_d, mut p) = db(&[]);
+        {
+            let conn = Connection::open(&p.path).unwrap();
+            let tx = conn.unchecked_transaction().unwrap();
+            let mut ins =
+                tx.prepare("INSERT INTO inventory (rowid, sku, location, qty) VALUES (?1, ?2, ?3, ?4)").unwrap();
+            // Gaps, negative rowids, and a few rows that are problems.
+            for i in (-40_000i64..200_000).filter(|i| i % 7 != 3) {
+                let qty: rusqlite::types::Value =
+                    if i % 9_999 == 0 { "x".to_string().into() } else { (i % 500).into() };
+                ins.execute(params![i * 3, format!("S{i}"), format!("L{}", i % 4), qty]).unwrap();
+            }
+            drop(ins);
+            tx.commit().unwrap();
+        }
+        let mut whole = All::default();
+        let info = p.read(&mut whole).unwrap();
+        assert_eq!(info.rows as usize, whole.0.len() + whole.1.len());
+        for n in [2, 3] {
+            let parts = p.read_parts(n).unwrap().expect("a large rollback-journal table is split");
+            assert_eq!(parts.len(), n);
+            // While the parts are pending, their snapshot holds: no commit can land.
+            let w = Connection::open(&p.path).unwrap();
+            w.busy_timeout(std::time::Duration::ZERO).unwrap();
+            assert!(w.execute("UPDATE inventory SET qty = qty + 1", []).is_err());
+            let mut split = All::default();
+            let mut rows = 0;
+            for part in parts {
+                rows += part(&mut split).unwrap().rows;
+            }
+            assert_eq!(rows, info.rows);
+            assert_eq!(split.0, whole.0);
+            assert_eq!(split.1, whole.1);
+            // Once read, the parts have let go of the database.
+            w.execute("UPDATE inventory SET qty = qty WHERE rowid = 3", []).unwrap();
+        }
+        assert!(p.read_parts(1).unwrap().is_none());
+        // A WAL database is read in one part: commits could land between the parts' starts.
+        Connection::open(&p.path).unwrap().pragma_update(None, "journal_mode", "wal").unwrap();
+        let (_d2, mut small) = db(&[("A", "W", 1)]);
+        let mut p2 = SqliteProvider::new(p.path.clone(), "inventory".into(), ColumnsConfig::default());
+        assert!(p2.read_parts(2).unwrap().is_none());
+        assert!(small.read_parts(2).unwrap().is_none(), "a small table is not worth splitting");
     }
 }
