@@ -65,6 +65,24 @@ pub struct PlanArtifact {
     pub file_path: Option<std::path::PathBuf>,
 }
 
+/// SHA-256 of a file's bytes in hex, `None` when it cannot be read. Plans record
+/// it for every input, and apply compares it to detect a stale plan.
+pub fn sha256_file(path: &Path) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Some(hex::encode(h.finalize()))
+}
+
 /// Why a saved plan could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {

@@ -142,13 +142,7 @@ pub fn run_apply(args: ApplyArgs, g: &GlobalArgs, out: &Output) -> anyhow::Resul
         (plan, doc, true)
     } else {
         let Some(plan) = checked(&args.plan, out) else { return Ok(exit::ERROR) };
-        let state = StateStore::open_existing(&plan.state_dir(g.state.as_deref()))?;
-        let state_ref = state
-            .as_ref()
-            .map(|s| s.lineage_serial())
-            .transpose()?
-            .map(|(lineage, serial)| crate::artifact::StateRef { lineage, serial });
-        let doc = match crate::ops::plan::run(&plan, state_ref) {
+        let doc = match crate::ops::plan::run(&plan, super::state_ref(&plan, g)?) {
             Ok(d) => d,
             Err(crate::ops::plan::PlanError::Input(d)) => {
                 out.diagnostics(&d.0);

@@ -212,14 +212,7 @@ fn validate(path: &std::path::Path, out: &Output) -> anyhow::Result<u8> {
 
 fn plan(args: PlanArgs, g: &GlobalArgs, out: &Output) -> anyhow::Result<u8> {
     let Some(plan) = checked(&args.plan, out) else { return Ok(exit::ERROR) };
-    // The state serial the plan is made against: a later apply refuses it once the serial moves.
-    let state = crate::state::StateStore::open_existing(&plan.state_dir(g.state.as_deref()))?;
-    let state_ref = state
-        .as_ref()
-        .map(|s| s.lineage_serial())
-        .transpose()?
-        .map(|(lineage, serial)| crate::artifact::StateRef { lineage, serial });
-    let doc = match crate::ops::plan::run(&plan, state_ref) {
+    let doc = match crate::ops::plan::run(&plan, state_ref(&plan, g)?) {
         Ok(doc) => doc,
         Err(crate::ops::plan::PlanError::Input(d)) => {
             out.diagnostics(&d.0);
@@ -243,6 +236,20 @@ fn plan(args: PlanArgs, g: &GlobalArgs, out: &Output) -> anyhow::Result<u8> {
         if args.format == Format::Human { out.result(&msg) } else { out.note(msg.trim()) }
     }
     Ok(if args.detailed_exitcode && !doc.diff.is_empty() { exit::CHANGES } else { exit::OK })
+}
+
+/// The state lineage and serial a plan is made against (none before the first
+/// apply): a later apply refuses the plan once the serial moves.
+pub fn state_ref(
+    plan: &crate::config::check::Plan,
+    g: &GlobalArgs,
+) -> anyhow::Result<Option<crate::artifact::StateRef>> {
+    let state = crate::state::StateStore::open_existing(&plan.state_dir(g.state.as_deref()))?;
+    Ok(state
+        .as_ref()
+        .map(|s| s.lineage_serial())
+        .transpose()?
+        .map(|(lineage, serial)| crate::artifact::StateRef { lineage, serial }))
 }
 
 /// Parses `--lock-timeout` style durations: `0s`, `30s`, `2m`, `1h30m`.

@@ -113,7 +113,7 @@ pub fn check_stale(plan: &Plan, doc: &PlanArtifact, state: &StateStore) -> Resul
         return Err(ApplyError::Stale(format!("the plan file {} changed since the plan was made", plan.file)));
     }
     for input in doc.inputs.iter().filter(|i| i.role != "target") {
-        let now = sha256_file(&plan.resolve(&input.path));
+        let now = crate::artifact::sha256_file(&plan.resolve(&input.path));
         if now.as_deref() != Some(input.sha256.as_str()) {
             return Err(ApplyError::Stale(format!(
                 "the {} file {} changed since the plan was made",
@@ -147,23 +147,6 @@ pub fn check_stale(plan: &Plan, doc: &PlanArtifact, state: &StateStore) -> Resul
         )));
     }
     Ok(None)
-}
-
-/// SHA-256 of a file, `None` when unreadable.
-pub fn sha256_file(path: &std::path::Path) -> Option<String> {
-    use sha2::{Digest, Sha256};
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).ok()?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).ok()?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Some(hex::encode(h.finalize()))
 }
 
 /// Refuses writes beyond the plan's blast-radius limits.

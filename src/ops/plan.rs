@@ -110,18 +110,6 @@ pub fn run(plan: &Plan, state: Option<StateRef>) -> Result<PlanArtifact, PlanErr
 
 /// SHA-256 of a database-backed source file, so a changed source makes a saved plan stale.
 fn file_sha(plan: &Plan, cfg: &ProviderConfig) -> Option<String> {
-    use sha2::{Digest, Sha256};
-    use std::io::Read;
     let ProviderConfig::Sqlite(c) = cfg else { return None };
-    let mut f = std::fs::File::open(plan.resolve(&c.path)).ok()?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).ok()?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Some(hex::encode(h.finalize()))
+    crate::artifact::sha256_file(&plan.resolve(&c.path))
 }
