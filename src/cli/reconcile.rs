@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use minijinja::value::{Serde, Value};
-use minijinja::{Environment, UndefinedBehavior, context};
+use minijinja::{Environment, context};
 use serde::Serialize;
 
 use super::{GlobalArgs, Output, checked, exit, parse_duration};
@@ -24,7 +24,7 @@ use crate::ops::reconcile::{
 };
 use crate::render::Format;
 use crate::render::short_sha;
-use crate::render::text::{cut, md_code, md_text, printable, quoted, thousands};
+use crate::render::text::{cut, printable, quoted, thousands};
 use crate::state::{Actor, StateStore};
 
 /// Arguments of `reconcile`.
@@ -447,41 +447,11 @@ pub fn render_markdown(r: &Report) -> String {
         out.push('\n');
         out
     };
-    if rows.len() == total {
-        let all = render_rows(total);
-        if all.len() < MAX_LEN {
-            return all;
-        }
-    }
-    // The largest count that fits: below `total` the length grows with every row.
-    let (mut fits, mut too_many) = (0, rows.len().min(total.saturating_sub(1)) + 1);
-    while too_many - fits > 1 {
-        let mid = fits + (too_many - fits) / 2;
-        if render_rows(mid).len() < MAX_LEN {
-            fits = mid;
-        } else {
-            too_many = mid;
-        }
-    }
-    render_rows(fits)
+    crate::render::markdown::fit_rows(total, rows.len(), render_rows)
 }
 
 fn environment() -> Environment<'static> {
-    let mut env = Environment::new();
-    env.set_undefined_behavior(UndefinedBehavior::Strict);
-    env.set_syntax(
-        minijinja::syntax::SyntaxConfig::builder()
-            .trim_blocks(true)
-            .lstrip_blocks(true)
-            .build()
-            .expect("the syntax configuration is valid"),
-    );
-    env.add_filter("md_text", |s: &str| md_text(s));
-    env.add_filter("md_code", |s: &str| md_code(s));
-    env.add_filter("num", |n: i64| thousands(n));
-    env.add_filter("signed", |n: i64| if n > 0 { format!("+{}", thousands(n)) } else { thousands(n) });
-    env.add_template(TEMPLATE_NAME, TEMPLATE).expect("the built-in template parses");
-    env
+    crate::render::markdown::environment_with(TEMPLATE_NAME, TEMPLATE)
 }
 
 #[cfg(test)]

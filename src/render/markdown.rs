@@ -111,15 +111,20 @@ pub fn render(doc: &PlanArtifact, opts: &RenderOptions) -> String {
         out
     };
 
-    if rows.len() == total {
+    fit_rows(total, rows.len(), render_rows)
+}
+
+/// Renders as many rows as fit under [`MAX_LEN`]: all `total` when they fit, else
+/// the largest count found by binary search (below `total` the output grows with
+/// every row; 0 rows always fit). `available` is how many rows `render_rows` can show.
+pub(crate) fn fit_rows(total: usize, available: usize, render_rows: impl Fn(usize) -> String) -> String {
+    if available == total {
         let all = render_rows(total);
         if all.len() < MAX_LEN {
             return all;
         }
     }
-    // The largest count that fits. Below `total` the length grows with every
-    // row, so a binary search finds it; 0 rows always fit (see `MAX_TEXT`).
-    let (mut fits, mut too_many) = (0, rows.len().min(total.saturating_sub(1)) + 1);
+    let (mut fits, mut too_many) = (0, available.min(total.saturating_sub(1)) + 1);
     while too_many - fits > 1 {
         let mid = fits + (too_many - fits) / 2;
         if render_rows(mid).len() < MAX_LEN {
@@ -132,6 +137,12 @@ pub fn render(doc: &PlanArtifact, opts: &RenderOptions) -> String {
 }
 
 fn environment() -> Environment<'static> {
+    environment_with(TEMPLATE_NAME, TEMPLATE)
+}
+
+/// A template environment for a Markdown comment: strict, trimmed, with the
+/// `md_text`, `md_code`, `num` and `signed` filters.
+pub(crate) fn environment_with(name: &'static str, template: &'static str) -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_syntax(
@@ -145,6 +156,6 @@ fn environment() -> Environment<'static> {
     env.add_filter("md_code", |s: &str| md_code(s));
     env.add_filter("num", |n: i64| thousands(n));
     env.add_filter("signed", |n: i64| if n > 0 { format!("+{}", thousands(n)) } else { thousands(n) });
-    env.add_template(TEMPLATE_NAME, TEMPLATE).expect("the built-in template parses");
+    env.add_template(name, template).expect("the built-in template parses");
     env
 }
