@@ -222,25 +222,7 @@ pub fn report_outcome(r: &ApplyReport, kind: OpKind, out: &Output) -> u8 {
     } else if r.resumed {
         out.note(&format!("Resumed interrupted operation {}.", r.op.id));
     }
-    const SHOWN: usize = 50;
-    for c in r.conflicts.iter().take(SHOWN) {
-        let show = |v: Option<i64>| v.map_or("absent".to_string(), |q| q.to_string());
-        out.note(&format!(
-            "Conflict: ({}, {}) expected {}, found {}; not set to {}.",
-            c.sku,
-            c.location,
-            show(c.expected),
-            show(c.found),
-            c.wanted
-        ));
-    }
-    for f in r.failures.iter().take(SHOWN) {
-        out.note(&format!("Failed: ({}, {}): {}", f.sku, f.location, f.message));
-    }
-    let hidden = r.conflicts.len().saturating_sub(SHOWN) + r.failures.len().saturating_sub(SHOWN);
-    if hidden > 0 {
-        out.note(&format!("... and {hidden} more; `stockshift audit --apply-id {}` lists them all.", r.op.id));
-    }
+    print_refusals(out, &r.conflicts, &r.failures, "", Some(&r.op.id));
     let title = if kind == OpKind::Rollback { "Rollback" } else { "Apply" };
     out.result(&format!("{}\n", summary_line(title, &r.counts)));
     if r.counts.conflicts + r.counts.failed > 0 {
@@ -248,6 +230,38 @@ pub fn report_outcome(r: &ApplyReport, kind: OpKind, out: &Output) -> u8 {
         exit::PARTIAL
     } else {
         exit::OK
+    }
+}
+
+/// Prints write conflicts and failures (the first 50 of each), one line each,
+/// with `suffix` after every conflict and a pointer to the audit for the rest.
+pub fn print_refusals(
+    out: &Output,
+    conflicts: &[crate::ops::apply::Conflict],
+    failures: &[crate::ops::apply::Failure],
+    suffix: &str,
+    op_id: Option<&str>,
+) {
+    const SHOWN: usize = 50;
+    let show = |v: Option<i64>| v.map_or("absent".to_string(), |q| q.to_string());
+    for c in conflicts.iter().take(SHOWN) {
+        out.note(&format!(
+            "Conflict: ({}, {}) expected {}, found {}; not set to {}.{suffix}",
+            c.sku,
+            c.location,
+            show(c.expected),
+            show(c.found),
+            c.wanted
+        ));
+    }
+    for f in failures.iter().take(SHOWN) {
+        out.note(&format!("Failed: ({}, {}): {}", f.sku, f.location, f.message));
+    }
+    let hidden = conflicts.len().saturating_sub(SHOWN) + failures.len().saturating_sub(SHOWN);
+    if hidden > 0
+        && let Some(id) = op_id
+    {
+        out.note(&format!("... and {hidden} more; `stockshift audit --apply-id {id}` lists them all."));
     }
 }
 

@@ -121,27 +121,7 @@ fn fix_outcome(f: &crate::ops::reconcile::FixReport, format: Format, out: &Outpu
             l.id, l.pid, l.host
         ));
     }
-    const SHOWN: usize = 50;
-    let show = |v: Option<i64>| v.map_or("absent".to_string(), |q| q.to_string());
-    for c in f.conflict_list.iter().take(SHOWN) {
-        out.note(&format!(
-            "Conflict: ({}, {}) expected {}, found {}; not set to {}.",
-            c.sku,
-            c.location,
-            show(c.expected),
-            show(c.found),
-            c.wanted
-        ));
-    }
-    for x in f.failure_list.iter().take(SHOWN) {
-        out.note(&format!("Failed: ({}, {}): {}", x.sku, x.location, x.message));
-    }
-    let hidden = f.conflict_list.len().saturating_sub(SHOWN) + f.failure_list.len().saturating_sub(SHOWN);
-    if hidden > 0
-        && let Some(id) = &f.op_id
-    {
-        out.note(&format!("... and {hidden} more; `stockshift audit --apply-id {id}` lists them all."));
-    }
+    super::apply::print_refusals(out, &f.conflict_list, &f.failure_list, "", f.op_id.as_deref());
     if f.skipped_bundles > 0 {
         out.note(&format!(
             "Left {} drifted bundle key(s) alone: a bundle is derived from its components; fix those, or pass --include-bundles.",

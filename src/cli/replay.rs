@@ -30,19 +30,13 @@ pub struct ReplayArgs {
 
 fn print(report: &ReplayReport, out: &Output) {
     const SHOWN: usize = 50;
-    for c in report.conflicts.iter().take(SHOWN) {
-        out.note(&format!(
-            "Conflict: ({}, {}) expected {}, found {}; not set to {}. Its events stay queued.",
-            c.sku,
-            c.location,
-            c.expected.map_or("absent".into(), |v| v.to_string()),
-            c.found.map_or("absent".into(), |v| v.to_string()),
-            c.wanted
-        ));
-    }
-    for f in report.failures.iter().take(SHOWN) {
-        out.note(&format!("Failed: ({}, {}): {}", f.sku, f.location, f.message));
-    }
+    super::apply::print_refusals(
+        out,
+        &report.conflicts,
+        &report.failures,
+        " Its events stay queued.",
+        report.op_id.as_deref(),
+    );
     for msg in report.unmapped.iter().take(SHOWN) {
         out.note(&format!("Not applied (events stay queued): {msg}."));
     }
