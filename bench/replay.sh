@@ -63,13 +63,14 @@ for i in range(n):
     else:
         delta, qty = -random.randrange(1, 4) if random.random() < 0.9 else random.randrange(1, 3), None
     rows.append(("erp", f"ev-{i}", f"OLD-{k:07d}", "WH-1", delta, qty, random.randrange(1, 10_000_000), "2026-11-27T10:00:00Z", "2026-11-27T10:00:00Z", 1))
-c.executemany("INSERT INTO events (source, id, sku, location, delta, qty, sequence, occurred_at, received_at, delivery) VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+c.executemany("INSERT INTO event_log (source, id, sku, location, delta, qty, sequence, occurred_at, received_at, delivery) VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+c.execute("INSERT INTO pending (seq) SELECT seq FROM event_log")
 c.commit()
 PY
 /usr/bin/time -v "$BIN" replay plan.yaml > replay.out 2> time.txt || { cat replay.out time.txt; exit 1; }
 wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' time.txt | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
 rss=$(awk -F': ' '/Maximum resident set size/ {print int($2/1024)}' time.txt)
-left=$(sqlite3 .stockshift/events.db "SELECT count(*) FROM events WHERE status = 'queued'")
+left=$(sqlite3 .stockshift/events.db "SELECT count(*) FROM pending")
 cat replay.out
 printf '\n%-34s %12s\n' "replay benchmark" "$EVENTS events, $KEYS keys"
 printf '%-34s %12s\n' "replay wall (s)" "$wall"

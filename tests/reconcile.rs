@@ -225,8 +225,9 @@ fn replay_backlog_and_webhook_failures_come_from_the_queue() {
     assert_eq!((webhooks["value"].as_f64(), webhooks["status"].as_str()), (Some(0.0), Some("pass")));
     assert!(doc["notes"][0].as_str().unwrap().contains("rejected deliveries"), "{doc:#}");
     // Failed events count against the webhook failure rate.
-    let c = Connection::open(dir.path().join(".stockshift/events.db")).unwrap();
-    c.execute("UPDATE events SET status = 'failed', error = 'test' WHERE id = 'e1'", []).unwrap();
+    let mut q = stockshift::events::queue::Queue::open(&dir.path().join(".stockshift/events.db")).unwrap();
+    let e1 = q.events_after(0, 100).unwrap().into_iter().find(|e| e.event.id == "e1").unwrap();
+    assert_eq!(q.mark(&[e1.seq], stockshift::events::queue::Status::Failed, Some("test")).unwrap(), 1);
     let (_, doc, _) = reconcile_json(dir.path(), &[]);
     assert_eq!(doc["kpis"]["webhook_failure_rate"]["value"], 0.5);
     assert_eq!(doc["kpis"]["webhook_failure_rate"]["status"], "breach");

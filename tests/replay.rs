@@ -115,6 +115,45 @@ fn oversells_are_counted_and_unmapped_events_stay_queued() {
     );
 }
 
+#[test]
+fn an_event_that_can_never_apply_can_be_discarded_with_a_reason() {
+    let (dir, _) = demo_copy();
+    apply(dir.path());
+    let (code, _, _) = replay_file(dir.path(), &[event("u1", "X", "WH-NOWHERE", "\"delta\":-1", 2)]);
+    assert_eq!(code, 3, "the unmapped event stays queued");
+    let replay = |args: &[&str]| {
+        let mut all = vec!["replay", "demo.yaml"];
+        all.extend_from_slice(args);
+        run(stockshift().current_dir(dir.path()).args(&all))
+    };
+    // Bad input changes nothing.
+    let (code, _, stderr) = replay(&["--discard", "erp", "--reason", "test event"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("expected SOURCE/ID"), "{stderr}");
+    let (code, _, stderr) = replay(&["--discard", "erp/u1"]);
+    assert_eq!(code, 1, "--reason is required: {stderr}");
+    let (code, _, stderr) = replay(&["--discard", "erp/nope", "--reason", "x"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("no event `nope`"), "{stderr}");
+    let (code, _, stderr) = replay(&[]);
+    assert_eq!(code, 3, "still queued after the refused discards: {stderr}");
+
+    let (code, stdout, stderr) = replay(&["--discard", "erp/u1", "--reason", "test event from staging"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("Discarded event erp/u1"), "{stdout}");
+    let (code, _, stderr) = replay(&[]);
+    assert_eq!(code, 0, "nothing left to retry: {stderr}");
+    let c = Connection::open(dir.path().join(".stockshift/events.db")).unwrap();
+    let (status, error): (String, String) =
+        c.query_row("SELECT status, error FROM events WHERE id = 'u1'", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    assert_eq!(status, "failed");
+    assert!(error.contains("test event from staging"), "{error}");
+    // Only a queued event can be discarded.
+    let (code, _, stderr) = replay(&["--discard", "erp/u1", "--reason", "again"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("not queued"), "{stderr}");
+}
+
 /// A small deterministic generator (no external crates).
 struct Rng(u64);
 impl Rng {

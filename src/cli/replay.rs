@@ -26,6 +26,48 @@ pub struct ReplayArgs {
     /// With --follow: how often to look for new events.
     #[arg(long, default_value = "1s", value_name = "DURATION")]
     pub interval: String,
+    /// Instead of replaying: mark one queued event that can never apply (SOURCE/ID,
+    /// e.g. `erp/k1`) as failed, so replay stops retrying it. Needs --reason.
+    #[arg(long, value_name = "SOURCE/ID", requires = "reason", conflicts_with_all = ["from", "follow"])]
+    pub discard: Option<String>,
+    /// Why the event is discarded; stored with it (audit) and shown by `freeze status`.
+    #[arg(long, value_name = "TEXT", requires = "discard")]
+    pub reason: Option<String>,
+}
+
+/// `replay --discard SOURCE/ID --reason TEXT`.
+fn discard(queue: &mut crate::events::queue::Queue, which: &str, reason: &str, out: &Output) -> anyhow::Result<u8> {
+    use crate::events::queue::Status;
+    let Some((source, id)) = which.split_once('/').filter(|(s, i)| !s.is_empty() && !i.is_empty()) else {
+        out.error(&anyhow::anyhow!(
+            "--discard `{which}`: expected SOURCE/ID, e.g. `erp/k1` (see `freeze status` for queued events)"
+        ));
+        return Ok(exit::ERROR);
+    };
+    if reason.trim().is_empty() {
+        out.error(&anyhow::anyhow!("--reason is empty: say why the event is discarded; it is kept with the event"));
+        return Ok(exit::ERROR);
+    }
+    match queue.get(source, id)? {
+        None => {
+            out.error(&anyhow::anyhow!("no event `{id}` from source `{source}` in {}", queue.path().display()));
+            Ok(exit::ERROR)
+        }
+        Some(e) if e.status != Status::Queued => {
+            out.error(&anyhow::anyhow!(
+                "event {source}/{id} is {}, not queued; only a queued event can be discarded",
+                e.status.as_str()
+            ));
+            Ok(exit::ERROR)
+        }
+        Some(e) => {
+            let who = crate::state::Actor::current("replay --discard");
+            let why = format!("discarded by {}@{}: {}", who.user, who.host, reason.trim());
+            queue.mark(&[e.seq], Status::Failed, Some(&why))?;
+            out.result(&format!("Discarded event {source}/{id} (seq {}); it is recorded as failed: {why}\n", e.seq));
+            Ok(exit::OK)
+        }
+    }
 }
 
 fn print(report: &ReplayReport, out: &Output) {
@@ -53,6 +95,9 @@ fn print(report: &ReplayReport, out: &Output) {
 pub fn run(args: ReplayArgs, g: &GlobalArgs, out: &Output) -> anyhow::Result<u8> {
     let Some(plan) = checked(&args.plan, out) else { return Ok(exit::ERROR) };
     let mut queue = crate::events::open_queue(&plan, g.state.as_deref())?;
+    if let (Some(which), Some(reason)) = (&args.discard, &args.reason) {
+        return discard(&mut queue, which, reason, out);
+    }
     if let Some(path) = &args.from {
         let events = crate::events::event::read_jsonl(path).map_err(|problems| {
             let lines: Vec<String> = problems

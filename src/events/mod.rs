@@ -10,14 +10,18 @@
 //! * [`event`]: the normalized event, its strict JSON form and `.jsonl` files.
 //! * [`signature`]: Shopify and Standard Webhooks HMAC signatures.
 //! * [`shopify`], [`standard`]: the two webhook dialects; [`source`]: a configured source.
-//! * [`queue`]: the durable SQLite queue, the API replay builds on.
+//! * [`queue`]: the durable SQLite queue, the API replay builds on; [`epoch`]: the
+//!   compact read of the events a replay folds.
 //! * [`ingest`]: the single writer thread doing group commits.
 //! * [`freeze`]: the freeze flag and window.
+//! * [`kafka`]: Kafka sources, consumed into the queue with their offsets.
 //! * [`server`]: the HTTP receiver; [`metrics`]: Prometheus metrics.
 
+pub mod epoch;
 pub mod event;
 pub mod freeze;
 pub mod ingest;
+pub mod kafka;
 pub mod metrics;
 pub mod queue;
 pub mod server;

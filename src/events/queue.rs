@@ -2,10 +2,16 @@
 //!
 //! ```text
 //! deliveries(delivery PK, source, received_at, raw BLOB)           one row per accepted request
-//! events(seq PK AUTOINCREMENT, source, id, sku, location, delta, qty, sequence,
-//!        occurred_at, received_at, delivery → deliveries, status, applied_at, error,
-//!        UNIQUE(source, id))
+//! event_log(seq PK AUTOINCREMENT, source, id, sku, location, delta, qty, sequence,
+//!           occurred_at, received_at, delivery → deliveries, UNIQUE(source, id))
+//!                                                                  each event once, never changed
+//! pending(seq PK)                                                  the queued events
+//! settle_runs(from_seq PK, to_seq, settle → settles)               stretches of applied events
+//! settled(seq PK, status, settle → settles, error)                 other handled ones (override runs)
+//! settles(settle PK, at)                                           one row per status change batch
+//! events (a view)                                                  event_log with status, applied_at, error
 //! freeze(id = 1, active, started_by, started_at, stopped_by, stopped_at)
+//! kafka_offsets(source, consumer_group, topic, partition, next_offset)   Kafka sources' positions
 //! ```
 //!
 //! * **Durability.** WAL journal with `synchronous=FULL`: a commit returns only once
@@ -18,7 +24,12 @@
 //!   with 50 line items is one body and 50 events), linked by `events.delivery`;
 //!   [`Queue::raw`] returns it for audit.
 //! * **Status.** `queued` → `applied` | `failed` | `superseded` (set by replay with
-//!   [`Queue::mark`]); [`Queue::requeue`] puts events back to `queued`.
+//!   [`Queue::mark`] or [`Queue::mark_runs`]); [`Queue::requeue`] puts events back
+//!   to `queued`. A queued event's seq is in `pending`. A handled one has a row in
+//!   `settled` or, when it was applied, lies in a `settle_runs` stretch (a row in
+//!   `settled` overrides a run). The event rows themselves are never rewritten:
+//!   replay settles a million applied events by deleting a range from `pending`
+//!   and writing one run, and only superseded events get rows of their own.
 //! * **Concurrency.** Several processes may open the file (the receiver writes,
 //!   `replay` reads and marks, `freeze` writes the flag): every write is a short
 //!   `BEGIN IMMEDIATE` transaction and connections wait up to 10 s for the lock.
@@ -36,9 +47,9 @@ use super::event::{Change, Event};
 pub const FILE_NAME: &str = "events.db";
 
 /// Schema version stored in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 3;
 
-const SCHEMA: &str = "
+const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS deliveries (
     delivery    INTEGER PRIMARY KEY AUTOINCREMENT,
     source      TEXT NOT NULL,
@@ -73,6 +84,65 @@ CREATE TABLE IF NOT EXISTS freeze (
     stopped_by  TEXT,
     stopped_at  TEXT
 );
+";
+
+/// Version 2: the event log is immutable; status lives in `pending` / `settled`.
+/// Migrates a version 1 file in place (one transaction).
+const SCHEMA_V2: &str = "
+CREATE TABLE event_log (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    source      TEXT NOT NULL,
+    id          TEXT NOT NULL,
+    sku         TEXT NOT NULL,
+    location    TEXT NOT NULL,
+    delta       INTEGER,
+    qty         INTEGER,
+    sequence    INTEGER NOT NULL,
+    occurred_at TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    delivery    INTEGER REFERENCES deliveries(delivery),
+    UNIQUE (source, id),
+    CHECK ((delta IS NULL) <> (qty IS NULL))
+);
+CREATE TABLE pending (seq INTEGER PRIMARY KEY);
+CREATE TABLE settles (settle INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL);
+CREATE TABLE settled (
+    seq     INTEGER PRIMARY KEY,
+    status  TEXT NOT NULL CHECK (status IN ('applied', 'failed', 'superseded')),
+    settle  INTEGER NOT NULL REFERENCES settles(settle),
+    error   TEXT
+);
+CREATE INDEX settled_by_settle ON settled(settle);
+CREATE INDEX settles_by_at ON settles(at);
+CREATE TABLE settle_runs (
+    from_seq INTEGER PRIMARY KEY,
+    to_seq   INTEGER NOT NULL,
+    settle   INTEGER NOT NULL REFERENCES settles(settle)
+);
+INSERT INTO event_log (seq, source, id, sku, location, delta, qty, sequence, occurred_at, received_at, delivery)
+    SELECT seq, source, id, sku, location, delta, qty, sequence, occurred_at, received_at, delivery FROM events;
+INSERT INTO pending (seq) SELECT seq FROM events WHERE status = 'queued';
+INSERT INTO settles (at) SELECT DISTINCT coalesce(applied_at, received_at) FROM events WHERE status <> 'queued';
+INSERT INTO settled (seq, status, settle, error)
+    SELECT e.seq, e.status, s.settle, e.error FROM events e JOIN settles s ON s.at = coalesce(e.applied_at, e.received_at)
+    WHERE e.status <> 'queued';
+UPDATE sqlite_sequence SET seq = (SELECT coalesce(max(seq), 0) FROM events) WHERE name = 'event_log';
+INSERT INTO sqlite_sequence (name, seq) SELECT 'event_log', (SELECT coalesce(max(seq), 0) FROM events)
+    WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'event_log');
+DROP TABLE events;
+CREATE VIEW events AS
+    SELECT e.seq, e.source, e.id, e.sku, e.location, e.delta, e.qty, e.sequence, e.occurred_at, e.received_at, e.delivery,
+           CASE WHEN p.seq IS NOT NULL THEN 'queued' WHEN s.seq IS NOT NULL THEN s.status
+                WHEN r.from_seq IS NOT NULL THEN 'applied' END AS status,
+           CASE WHEN p.seq IS NOT NULL THEN NULL WHEN s.seq IS NOT NULL THEN st.at ELSE rt.at END AS applied_at,
+           CASE WHEN p.seq IS NOT NULL THEN NULL ELSE s.error END AS error
+    FROM event_log e
+    LEFT JOIN pending p ON p.seq = e.seq
+    LEFT JOIN settled s ON s.seq = e.seq
+    LEFT JOIN settles st ON st.settle = s.settle
+    LEFT JOIN settle_runs r ON r.from_seq = (SELECT max(from_seq) FROM settle_runs WHERE from_seq <= e.seq)
+                           AND r.to_seq >= e.seq
+    LEFT JOIN settles rt ON rt.settle = r.settle;
 ";
 
 /// Errors of the queue. Messages name the file.
@@ -235,8 +305,14 @@ impl std::fmt::Debug for Queue {
 }
 
 /// Stored timestamps: UTC, millisecond precision, fixed width (sortable as text).
-fn stamp(t: Timestamp) -> String {
+pub(crate) fn stamp(t: Timestamp) -> String {
     t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+/// Starts a batch of status changes stamped with the current time.
+fn new_settle(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<i64> {
+    tx.prepare_cached("INSERT INTO settles (at) VALUES (?1)")?.execute([stamp(Timestamp::now())])?;
+    Ok(tx.last_insert_rowid())
 }
 
 impl Queue {
@@ -277,7 +353,17 @@ impl Queue {
         }
         if version < SCHEMA_VERSION {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
-            tx.execute_batch(SCHEMA).map_err(err)?;
+            // Another process may have migrated while this one waited for the lock.
+            let now: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(err)?;
+            if now < 1 {
+                tx.execute_batch(SCHEMA_V1).map_err(err)?;
+            }
+            if now < 2 {
+                tx.execute_batch(SCHEMA_V2).map_err(err)?;
+            }
+            if now < 3 {
+                tx.execute_batch(SCHEMA_V3_KAFKA_OFFSETS).map_err(err)?;
+            }
             tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};")).map_err(err)?;
             tx.commit().map_err(err)?;
         }
@@ -293,22 +379,46 @@ impl Queue {
         QueueError::Sqlite { path: self.path.display().to_string(), source: e }
     }
 
+    /// The connection, for readers in this module's neighbours (`events::epoch`).
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub(crate) fn sqlite_error(&self, e: rusqlite::Error) -> QueueError {
+        self.err(e)
+    }
+
+    pub(crate) fn invalid(&self, message: String) -> QueueError {
+        QueueError::Invalid { path: self.path.display().to_string(), message }
+    }
+
     /// Stores the events of several deliveries in ONE transaction (one fsync), and
     /// returns, per delivery and per event, whether it was new or a duplicate.
     /// Either everything is committed or nothing is (the error is returned).
     pub fn append_deliveries(&mut self, batch: &[Incoming<'_>]) -> Result<Vec<Vec<Insert>>, QueueError> {
+        self.append_and_commit(batch, None)
+    }
+
+    /// [`Queue::append_deliveries`], plus (when given) Kafka consumer offsets written
+    /// in the same transaction as the events.
+    fn append_and_commit(
+        &mut self,
+        batch: &[Incoming<'_>],
+        offsets: Option<KafkaCommit<'_>>,
+    ) -> Result<Vec<Vec<Insert>>, QueueError> {
         let path = self.path.display().to_string();
         let err = |e| QueueError::Sqlite { path: path.clone(), source: e };
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
         let mut out = Vec::with_capacity(batch.len());
         {
-            let mut find = tx.prepare_cached("SELECT seq FROM events WHERE source = ?1 AND id = ?2").map_err(err)?;
+            let mut find = tx.prepare_cached("SELECT seq FROM event_log WHERE source = ?1 AND id = ?2").map_err(err)?;
+            let mut add_pending = tx.prepare_cached("INSERT INTO pending (seq) VALUES (?1)").map_err(err)?;
             let mut add_delivery = tx
                 .prepare_cached("INSERT INTO deliveries (source, received_at, raw) VALUES (?1, ?2, ?3)")
                 .map_err(err)?;
             let mut add_event = tx
                 .prepare_cached(
-                    "INSERT INTO events (source, id, sku, location, delta, qty, sequence, occurred_at, received_at, delivery)
+                    "INSERT INTO event_log (source, id, sku, location, delta, qty, sequence, occurred_at, received_at, delivery)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 )
                 .map_err(err)?;
@@ -346,10 +456,15 @@ impl Queue {
                             d
                         ])
                         .map_err(err)?;
-                    results.push(Insert::Accepted { seq: tx.last_insert_rowid() });
+                    let seq = tx.last_insert_rowid();
+                    add_pending.execute([seq]).map_err(err)?;
+                    results.push(Insert::Accepted { seq });
                 }
                 out.push(results);
             }
+        }
+        if let Some(c) = offsets {
+            write_kafka_offsets(&tx, c).map_err(err)?;
         }
         tx.commit().map_err(err)?;
         Ok(out)
@@ -426,7 +541,10 @@ impl Queue {
     /// Up to `limit` queued events, oldest arrival (`seq`) first. Replay orders them
     /// per key by `sequence` itself; arrival order is only the order of reading.
     pub fn pending(&self, limit: usize) -> Result<Vec<QueuedEvent>, QueueError> {
-        let sql = format!("SELECT {} FROM events WHERE status = 'queued' ORDER BY seq LIMIT ?1", Self::COLUMNS);
+        let sql = format!(
+            "SELECT {} FROM events WHERE seq IN (SELECT seq FROM pending ORDER BY seq LIMIT ?1) ORDER BY seq",
+            Self::COLUMNS
+        );
         self.query(&sql, params![limit.min(i64::MAX as usize) as i64])
     }
 
@@ -461,27 +579,35 @@ impl Queue {
                 message: "mark() does not set `queued`; use requeue()".into(),
             });
         }
-        let now = stamp(Timestamp::now());
         let path = self.path.display().to_string();
         let err = |e| QueueError::Sqlite { path: path.clone(), source: e };
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
+        let settle = new_settle(&tx).map_err(err)?;
         let mut n = 0;
         {
-            let mut stmt = tx
-                .prepare_cached("UPDATE events SET status = ?1, applied_at = ?2, error = ?3 WHERE seq = ?4")
+            let mut exists = tx.prepare_cached("SELECT 1 FROM event_log WHERE seq = ?1").map_err(err)?;
+            let mut unqueue = tx.prepare_cached("DELETE FROM pending WHERE seq = ?1").map_err(err)?;
+            let mut set = tx
+                .prepare_cached("INSERT OR REPLACE INTO settled (seq, status, settle, error) VALUES (?1, ?2, ?3, ?4)")
                 .map_err(err)?;
             // In seq order, so the rows are visited page by page rather than at random.
             let mut sorted = seqs.to_vec();
             sorted.sort_unstable();
+            sorted.dedup();
             for seq in sorted {
-                n += stmt.execute(params![status.as_str(), now, error, seq]).map_err(err)?;
+                if !exists.exists([seq]).map_err(err)? {
+                    continue;
+                }
+                unqueue.execute([seq]).map_err(err)?;
+                set.execute(params![seq, status.as_str(), settle, error]).map_err(err)?;
+                n += 1;
             }
         }
         tx.commit().map_err(err)?;
         Ok(n)
     }
 
-    /// Sets the status of queued events by runs of `seq`: every *queued* event with
+    /// Settles queued events by runs of `seq`: every *queued* event with
     /// `from <= seq <= to` gets the run's status (events in the range with another
     /// status are left alone). One transaction; far fewer statements than
     /// [`Queue::mark`] when replay settles long stretches of the queue at once.
@@ -492,19 +618,107 @@ impl Queue {
                 message: "mark_runs() does not set `queued`; use requeue()".into(),
             });
         }
-        let now = stamp(Timestamp::now());
+        let mut applied = Vec::new();
+        let mut others: Vec<(i64, Status)> = Vec::new();
+        {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT seq FROM pending WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq")
+                .map_err(|e| self.err(e))?;
+            for (from, to, status) in runs {
+                let seqs = stmt.query_map([from, to], |r| r.get::<_, i64>(0)).map_err(|e| self.err(e))?;
+                for seq in seqs {
+                    let seq = seq.map_err(|e| self.err(e))?;
+                    if *status == Status::Applied { applied.push(seq) } else { others.push((seq, *status)) }
+                }
+            }
+        }
+        let superseded: Vec<i64> = others.iter().filter(|o| o.1 == Status::Superseded).map(|o| o.0).collect();
+        let failed: Vec<i64> = others.iter().filter(|o| o.1 == Status::Failed).map(|o| o.0).collect();
+        let mut all: Vec<i64> = applied.iter().chain(&superseded).copied().collect();
+        all.sort_unstable();
+        let n = self.settle(&all, &superseded)?;
+        Ok(n + self.mark(&failed, Status::Failed, None)?)
+    }
+
+    /// Settles queued events as applied, except `superseded` (a subset of `seqs`),
+    /// in one transaction, so a killed replay leaves either all of it or none.
+    /// Consecutive seqs become one `settle_runs` row and one range delete from
+    /// `pending`; only superseded events get rows of their own. Seqs that are not
+    /// queued are left alone. Returns how many events were settled.
+    pub fn settle(&mut self, seqs: &[i64], superseded: &[i64]) -> Result<usize, QueueError> {
         let path = self.path.display().to_string();
         let err = |e| QueueError::Sqlite { path: path.clone(), source: e };
+        let mut sorted = seqs.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
+        let settle = new_settle(&tx).map_err(err)?;
         let mut n = 0;
         {
-            let mut stmt = tx
+            let mut queued = tx.prepare_cached("SELECT 1 FROM pending WHERE seq = ?1").map_err(err)?;
+            let mut count =
+                tx.prepare_cached("SELECT count(*) FROM pending WHERE seq BETWEEN ?1 AND ?2").map_err(err)?;
+            let mut unqueue = tx.prepare_cached("DELETE FROM pending WHERE seq BETWEEN ?1 AND ?2").map_err(err)?;
+            let mut add_run = tx
+                .prepare_cached("INSERT INTO settle_runs (from_seq, to_seq, settle) VALUES (?1, ?2, ?3)")
+                .map_err(err)?;
+            let mut i = 0;
+            while i < sorted.len() {
+                // An island: consecutive seqs, all still queued (a settled or
+                // missing seq ends it, so runs never cover an event they did not settle).
+                let from = sorted[i];
+                if !queued.exists([from]).map_err(err)? {
+                    i += 1;
+                    continue;
+                }
+                let mut to = from;
+                let mut j = i + 1;
+                while j < sorted.len() && sorted[j] == to + 1 {
+                    to += 1;
+                    j += 1;
+                }
+                let in_pending: i64 = count.query_row([from, to], |r| r.get(0)).map_err(err)?;
+                if in_pending == to - from + 1 {
+                    unqueue.execute([from, to]).map_err(err)?;
+                    add_run.execute(params![from, to, settle]).map_err(err)?;
+                    n += in_pending as usize;
+                    i = j;
+                } else {
+                    // Part of the island is not queued (settled meanwhile, or never
+                    // stored): keep the queued seqs, in runs of their own.
+                    let mut k = i;
+                    while k < j {
+                        if !queued.exists([sorted[k]]).map_err(err)? {
+                            k += 1;
+                            continue;
+                        }
+                        let start = sorted[k];
+                        let mut end = start;
+                        k += 1;
+                        while k < j && sorted[k] == end + 1 && queued.exists([sorted[k]]).map_err(err)? {
+                            end += 1;
+                            k += 1;
+                        }
+                        unqueue.execute([start, end]).map_err(err)?;
+                        add_run.execute(params![start, end, settle]).map_err(err)?;
+                        n += (end - start + 1) as usize;
+                    }
+                    i = j;
+                }
+            }
+            // Superseded events: a row each, overriding their run.
+            let mut sup = tx
                 .prepare_cached(
-                    "UPDATE events SET status = ?1, applied_at = ?2, error = NULL WHERE seq BETWEEN ?3 AND ?4 AND status = 'queued'",
+                    "INSERT OR REPLACE INTO settled (seq, status, settle, error)
+                     SELECT ?1, 'superseded', ?2, NULL WHERE EXISTS
+                       (SELECT 1 FROM settle_runs WHERE from_seq <= ?1 AND to_seq >= ?1 AND settle = ?2)",
                 )
                 .map_err(err)?;
-            for (from, to, status) in runs {
-                n += stmt.execute(params![status.as_str(), now, from, to]).map_err(err)?;
+            let mut sorted_sup = superseded.to_vec();
+            sorted_sup.sort_unstable();
+            for seq in sorted_sup {
+                sup.execute(params![seq, settle]).map_err(err)?;
             }
         }
         tx.commit().map_err(err)?;
@@ -519,11 +733,37 @@ impl Queue {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
         let mut n = 0;
         {
-            let mut stmt = tx
-                .prepare_cached("UPDATE events SET status = 'queued', applied_at = NULL, error = NULL WHERE seq = ?1")
+            let mut unsettle = tx.prepare_cached("DELETE FROM settled WHERE seq = ?1").map_err(err)?;
+            let mut covering = tx
+                .prepare_cached(
+                    "SELECT from_seq, to_seq, settle FROM settle_runs WHERE from_seq =
+                       (SELECT max(from_seq) FROM settle_runs WHERE from_seq <= ?1) AND to_seq >= ?1",
+                )
                 .map_err(err)?;
-            for seq in seqs {
-                n += stmt.execute([seq]).map_err(err)?;
+            let mut drop_run = tx.prepare_cached("DELETE FROM settle_runs WHERE from_seq = ?1").map_err(err)?;
+            let mut add_run = tx
+                .prepare_cached("INSERT INTO settle_runs (from_seq, to_seq, settle) VALUES (?1, ?2, ?3)")
+                .map_err(err)?;
+            let mut enqueue = tx.prepare_cached("INSERT OR IGNORE INTO pending (seq) VALUES (?1)").map_err(err)?;
+            let mut exists = tx.prepare_cached("SELECT 1 FROM event_log WHERE seq = ?1").map_err(err)?;
+            for &seq in seqs {
+                let explicit = unsettle.execute([seq]).map_err(err)? > 0;
+                let run: Option<(i64, i64, i64)> =
+                    covering.query_row([seq], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional().map_err(err)?;
+                if let Some((from, to, settle)) = run {
+                    // Split the run around the event.
+                    drop_run.execute([from]).map_err(err)?;
+                    if from < seq {
+                        add_run.execute(params![from, seq - 1, settle]).map_err(err)?;
+                    }
+                    if seq < to {
+                        add_run.execute(params![seq + 1, to, settle]).map_err(err)?;
+                    }
+                }
+                if (explicit || run.is_some()) && exists.exists([seq]).map_err(err)? {
+                    enqueue.execute([seq]).map_err(err)?;
+                    n += 1;
+                }
             }
         }
         tx.commit().map_err(err)?;
@@ -533,22 +773,31 @@ impl Queue {
     /// Puts events back to `queued` (clearing `applied_at` and `error`), e.g. failed
     /// ones after the cause was fixed. Returns how many were found.
     pub fn requeue(&mut self, keys: &[EventKey]) -> Result<usize, QueueError> {
-        let path = self.path.display().to_string();
-        let err = |e| QueueError::Sqlite { path: path.clone(), source: e };
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
-        let mut n = 0;
+        let mut seqs = Vec::with_capacity(keys.len());
         {
-            let mut stmt = tx
-                .prepare_cached(
-                    "UPDATE events SET status = 'queued', applied_at = NULL, error = NULL WHERE source = ?1 AND id = ?2",
-                )
-                .map_err(err)?;
+            let mut find = self
+                .conn
+                .prepare_cached("SELECT seq FROM event_log WHERE source = ?1 AND id = ?2")
+                .map_err(|e| self.err(e))?;
             for k in keys {
-                n += stmt.execute(params![k.source, k.id]).map_err(err)?;
+                if let Some(seq) = find
+                    .query_row(params![k.source, k.id], |r| r.get::<_, i64>(0))
+                    .optional()
+                    .map_err(|e| self.err(e))?
+                {
+                    seqs.push(seq);
+                }
             }
         }
-        tx.commit().map_err(err)?;
-        Ok(n)
+        let queued_already = {
+            let mut q = self.conn.prepare_cached("SELECT 1 FROM pending WHERE seq = ?1").map_err(|e| self.err(e))?;
+            let mut n = 0;
+            for s in &seqs {
+                n += q.exists([s]).map_err(|e| self.err(e))? as usize;
+            }
+            n
+        };
+        Ok(self.requeue_seqs(&seqs)? + queued_already)
     }
 
     /// Queued events per source and when the oldest of them arrived.
@@ -556,7 +805,7 @@ impl Queue {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT source, count(*), min(received_at) FROM events WHERE status = 'queued' GROUP BY source",
+                "SELECT e.source, count(*), min(e.received_at) FROM pending p JOIN event_log e ON e.seq = p.seq GROUP BY e.source",
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
@@ -579,24 +828,33 @@ impl Queue {
     /// Number of queued events (cheap: reads the partial index).
     pub fn queued_count(&self) -> Result<u64, QueueError> {
         self.conn
-            .query_row("SELECT count(*) FROM events WHERE status = 'queued'", [], |r| r.get::<_, i64>(0))
+            .query_row("SELECT count(*) FROM pending", [], |r| r.get::<_, i64>(0))
             .map(|n| n as u64)
             .map_err(|e| self.err(e))
     }
 
     /// Number of events per status (all of them, not only queued).
     pub fn counts(&self) -> Result<BTreeMap<Status, u64>, QueueError> {
-        let mut stmt =
-            self.conn.prepare_cached("SELECT status, count(*) FROM events GROUP BY status").map_err(|e| self.err(e))?;
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT 'queued', count(*) FROM pending
+                 UNION ALL SELECT status, count(*) FROM settled GROUP BY status
+                 UNION ALL SELECT 'applied', count(*) FROM settle_runs r JOIN event_log e ON e.seq BETWEEN r.from_seq AND r.to_seq
+                     WHERE NOT EXISTS (SELECT 1 FROM settled s WHERE s.seq = e.seq)",
+            )
+            .map_err(|e| self.err(e))?;
         let rows =
             stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))).map_err(|e| self.err(e))?;
         let mut out = BTreeMap::new();
         for r in rows {
             let (s, n) = r.map_err(|e| self.err(e))?;
+            // Applied events come from two places (own rows and runs): add them up.
             if let Some(s) = Status::parse(&s) {
-                out.insert(s, n as u64);
+                *out.entry(s).or_insert(0) += n as u64;
             }
         }
+        out.retain(|s, n| *n > 0 || *s == Status::Queued);
         Ok(out)
     }
 
@@ -648,6 +906,162 @@ impl Queue {
             )
             .map_err(|e| self.err(e))?;
         Ok(Some(existing))
+    }
+}
+
+// ---------------------------------------------------------------- Kafka consumer offsets (schema version 3)
+//
+// A Kafka source (`events::kafka`) keeps its position in each partition here, in
+// the queue file itself, and writes it in the SAME transaction as the events it
+// read: an offset is committed exactly when the events before it are durably
+// queued, so a crash re-reads from the last commit and loses nothing. The
+// Kafka-side consumer-group offsets are not used.
+
+/// Version 3: `kafka_offsets`, the next offset to read per (source, group, topic, partition).
+const SCHEMA_V3_KAFKA_OFFSETS: &str = "
+CREATE TABLE kafka_offsets (
+    source          TEXT NOT NULL,
+    consumer_group  TEXT NOT NULL,
+    topic           TEXT NOT NULL,
+    partition       INTEGER NOT NULL,
+    next_offset     INTEGER NOT NULL CHECK (next_offset >= 0),
+    updated_at      TEXT NOT NULL,
+    PRIMARY KEY (source, consumer_group, topic, partition)
+);
+";
+
+/// Where a Kafka consumer is in one partition: the offset of the next record to read.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KafkaOffset {
+    pub topic: String,
+    pub partition: i32,
+    pub next_offset: i64,
+}
+
+/// Offsets to commit with a batch of events, for one source and consumer group.
+#[derive(Debug, Clone, Copy)]
+struct KafkaCommit<'a> {
+    source: &'a str,
+    group: &'a str,
+    offsets: &'a [KafkaOffset],
+}
+
+fn write_kafka_offsets(tx: &rusqlite::Transaction<'_>, c: KafkaCommit<'_>) -> rusqlite::Result<()> {
+    let mut put = tx.prepare_cached(
+        "INSERT INTO kafka_offsets (source, consumer_group, topic, partition, next_offset, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (source, consumer_group, topic, partition)
+         DO UPDATE SET next_offset = excluded.next_offset, updated_at = excluded.updated_at",
+    )?;
+    let now = stamp(Timestamp::now());
+    for o in c.offsets {
+        put.execute(params![c.source, c.group, o.topic, o.partition, o.next_offset, now])?;
+    }
+    Ok(())
+}
+
+impl Queue {
+    /// Stores records read from Kafka: their events (deduplicated by (source, id) like
+    /// webhook deliveries) and the consumer's new `offsets` for `source` and `group`, in
+    /// ONE transaction. Either both are committed or neither is.
+    pub fn append_with_offsets(
+        &mut self,
+        batch: &[Incoming<'_>],
+        source: &str,
+        group: &str,
+        offsets: &[KafkaOffset],
+    ) -> Result<Vec<Vec<Insert>>, QueueError> {
+        self.append_and_commit(batch, Some(KafkaCommit { source, group, offsets }))
+    }
+
+    /// The committed offsets of a Kafka source's consumer group, by topic and partition.
+    pub fn kafka_offsets(&self, source: &str, group: &str) -> Result<Vec<KafkaOffset>, QueueError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT topic, partition, next_offset FROM kafka_offsets
+                 WHERE source = ?1 AND consumer_group = ?2 ORDER BY topic, partition",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![source, group], |r| {
+                Ok(KafkaOffset { topic: r.get(0)?, partition: r.get(1)?, next_offset: r.get(2)? })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(test)]
+mod kafka_offsets_tests {
+    use super::*;
+
+    fn ev(id: &str) -> Event {
+        Event {
+            id: id.into(),
+            source: "stream".into(),
+            sku: "S".into(),
+            location: "L".into(),
+            change: Change::Delta(-1),
+            sequence: 1,
+            occurred_at: "2026-11-27T10:00:00Z".parse().unwrap(),
+        }
+    }
+
+    fn off(partition: i32, next_offset: i64) -> KafkaOffset {
+        KafkaOffset { topic: "t".into(), partition, next_offset }
+    }
+
+    #[test]
+    fn offsets_are_committed_with_the_events_and_kept_per_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut q = Queue::open(&dir.path().join("events.db")).unwrap();
+        let now = Timestamp::now();
+        let (a, b) = ([ev("a")], [ev("b")]);
+        let batch = [
+            Incoming { source: "stream", raw: b"a", received_at: now, events: &a },
+            Incoming { source: "stream", raw: b"b", received_at: now, events: &b },
+        ];
+        let res = q.append_with_offsets(&batch, "stream", "g1", &[off(0, 5), off(2, 1)]).unwrap();
+        assert_eq!(res, vec![vec![Insert::Accepted { seq: 1 }], vec![Insert::Accepted { seq: 2 }]]);
+        assert_eq!(q.kafka_offsets("stream", "g1").unwrap(), vec![off(0, 5), off(2, 1)]);
+        assert!(q.kafka_offsets("stream", "g2").unwrap().is_empty());
+        // Re-read records are duplicates; offsets move (also backwards, after a reset).
+        let res = q.append_with_offsets(&batch[..1], "stream", "g1", &[off(0, 3)]).unwrap();
+        assert_eq!(res, vec![vec![Insert::Duplicate { seq: 1 }]]);
+        assert_eq!(q.kafka_offsets("stream", "g1").unwrap(), vec![off(0, 3), off(2, 1)]);
+        // Offsets alone (every record of the batch was malformed).
+        q.append_with_offsets(&[], "stream", "g1", &[off(1, 9)]).unwrap();
+        assert_eq!(q.kafka_offsets("stream", "g1").unwrap().len(), 3);
+        assert_eq!(q.queued_count().unwrap(), 2);
+    }
+
+    #[test]
+    fn a_failed_commit_stores_neither_events_nor_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut q = Queue::open(&dir.path().join("events.db")).unwrap();
+        let a = [ev("a")];
+        let batch = [Incoming { source: "stream", raw: b"a", received_at: Timestamp::now(), events: &a }];
+        let e = q.append_with_offsets(&batch, "stream", "g", &[off(0, -1)]).unwrap_err();
+        assert!(e.to_string().contains("CHECK"), "{e}");
+        assert_eq!(q.queued_count().unwrap(), 0);
+        assert!(q.kafka_offsets("stream", "g").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_version_2_queue_gains_the_offsets_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(SCHEMA_V1).unwrap();
+            c.execute_batch(SCHEMA_V2).unwrap();
+            c.execute_batch("PRAGMA user_version = 2;").unwrap();
+        }
+        let q = Queue::open(&path).unwrap();
+        assert!(q.kafka_offsets("stream", "g").unwrap().is_empty());
+        let v: i64 = q.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, 3);
     }
 }
 
@@ -748,6 +1162,107 @@ mod tests {
         assert_eq!(q.stop_freeze("bob@host").unwrap().unwrap().by, "alice@host");
         assert_eq!(q.stop_freeze("bob@host").unwrap(), None);
         assert_eq!(q.manual_freeze().unwrap(), None);
+    }
+
+    #[test]
+    fn a_version_1_queue_is_migrated_with_every_status_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(SCHEMA_V1).unwrap();
+            c.execute_batch(
+                "INSERT INTO deliveries (source, received_at, raw) VALUES ('erp', '2026-11-27T10:00:00.000Z', x'7b7d');
+                 INSERT INTO events (source, id, sku, location, delta, qty, sequence, occurred_at, received_at, delivery, status, applied_at, error) VALUES
+                   ('erp', 'a', 'S', 'W', -1, NULL, 1, '2026-11-27T10:00:00Z', '2026-11-27T10:00:00.000Z', 1, 'applied', '2026-11-27T10:05:00.000Z', NULL),
+                   ('erp', 'b', 'S', 'W', NULL, 4, 2, '2026-11-27T10:00:00Z', '2026-11-27T10:00:00.000Z', 1, 'failed', '2026-11-27T10:06:00.000Z', 'refused'),
+                   ('erp', 'c', 'S', 'W', -2, NULL, 3, '2026-11-27T10:00:00Z', '2026-11-27T10:00:00.000Z', 1, 'queued', NULL, NULL);
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let mut q = Queue::open(&path).unwrap();
+        let a = q.get("erp", "a").unwrap().unwrap();
+        assert_eq!(
+            (a.status, a.applied_at.map(|t| t.to_string())),
+            (Status::Applied, Some("2026-11-27T10:05:00Z".into()))
+        );
+        let b = q.get("erp", "b").unwrap().unwrap();
+        assert_eq!((b.status, b.error.as_deref()), (Status::Failed, Some("refused")));
+        assert_eq!(q.pending(10).unwrap().iter().map(|e| e.event.id.as_str()).collect::<Vec<_>>(), ["c"]);
+        // New events continue the sequence; duplicates of migrated ones are still caught.
+        let res = q.append(&[ev("erp", "a", Change::Delta(1), 9), ev("erp", "d", Change::Delta(1), 9)]).unwrap();
+        assert_eq!(res, vec![Insert::Duplicate { seq: 1 }, Insert::Accepted { seq: 4 }]);
+        let v: i64 = q.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn runs_settle_only_queued_events_and_requeue_undoes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut q = Queue::open(&dir.path().join("events.db")).unwrap();
+        let evs: Vec<Event> = (1..=6).map(|i| ev("erp", &i.to_string(), Change::Delta(-1), i)).collect();
+        q.append(&evs).unwrap();
+        q.mark(&[3], Status::Failed, Some("x")).unwrap();
+        assert_eq!(q.mark_runs(&[(1, 4, Status::Applied), (6, 6, Status::Superseded)]).unwrap(), 4);
+        assert_eq!(
+            q.get("erp", "3").unwrap().unwrap().status,
+            Status::Failed,
+            "a failed event inside a run stays failed"
+        );
+        assert_eq!(q.pending(10).unwrap().iter().map(|e| e.seq).collect::<Vec<_>>(), vec![5]);
+        let c = q.counts().unwrap();
+        assert_eq!((c[&Status::Applied], c[&Status::Superseded], c[&Status::Failed], c[&Status::Queued]), (3, 1, 1, 1));
+        assert_eq!(q.requeue_seqs(&[2, 6, 5, 99]).unwrap(), 2, "only settled events go back");
+        assert_eq!(q.pending(10).unwrap().iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 5, 6]);
+        assert_eq!(q.queued_count().unwrap(), 3);
+        let back = q.get("erp", "2").unwrap().unwrap();
+        assert_eq!((back.status, back.applied_at), (Status::Queued, None));
+    }
+
+    #[test]
+    fn settle_writes_runs_and_rows_only_for_superseded_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut q = Queue::open(&dir.path().join("events.db")).unwrap();
+        let evs: Vec<Event> = (1..=8).map(|i| ev("erp", &i.to_string(), Change::Delta(-1), i)).collect();
+        q.append(&evs).unwrap();
+        // 5 stays queued (blocked); 3 is superseded; 9 does not exist.
+        assert_eq!(q.settle(&[1, 2, 3, 4, 6, 7, 8, 9], &[3]).unwrap(), 7);
+        let runs: Vec<(i64, i64)> = q
+            .conn
+            .prepare("SELECT from_seq, to_seq FROM settle_runs ORDER BY from_seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(runs, vec![(1, 4), (6, 8)]);
+        let own: i64 = q.conn.query_row("SELECT count(*) FROM settled", [], |r| r.get(0)).unwrap();
+        assert_eq!(own, 1, "only the superseded event has a row");
+        let status = |q: &Queue, id: &str| q.get("erp", id).unwrap().unwrap().status;
+        assert_eq!(status(&q, "3"), Status::Superseded);
+        assert_eq!(status(&q, "4"), Status::Applied);
+        assert!(q.get("erp", "4").unwrap().unwrap().applied_at.is_some());
+        assert_eq!(status(&q, "5"), Status::Queued);
+        let c = q.counts().unwrap();
+        assert_eq!((c[&Status::Applied], c[&Status::Superseded], c[&Status::Queued]), (6, 1, 1));
+        // Settling again is a no-op; the epoch sees every event once.
+        assert_eq!(q.settle(&[1, 2, 3], &[]).unwrap(), 0);
+        let epoch = crate::events::epoch::read(&q, None).unwrap();
+        assert_eq!(epoch.events.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=8).collect::<Vec<_>>());
+        // Requeue splits the run around the event.
+        assert_eq!(q.requeue_seqs(&[7, 3]).unwrap(), 2);
+        assert_eq!(status(&q, "7"), Status::Queued);
+        assert_eq!(status(&q, "6"), Status::Applied);
+        assert_eq!(status(&q, "8"), Status::Applied);
+        assert_eq!(status(&q, "3"), Status::Queued, "a superseded event in a run goes back too");
+        assert_eq!(q.pending(10).unwrap().iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 5, 7]);
+        // A failed mark overrides the run it sits in.
+        q.mark(&[2], Status::Failed, Some("x")).unwrap();
+        assert_eq!(status(&q, "2"), Status::Failed);
+        let epoch = crate::events::epoch::read(&q, None).unwrap();
+        assert!(!epoch.events.iter().any(|e| e.seq == 2), "failed events are not folded");
+        assert_eq!(epoch.events.len(), 7);
     }
 
     #[test]

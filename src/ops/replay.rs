@@ -24,9 +24,10 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::time::Instant;
 
 use crate::config::check::Plan;
-use crate::config::model::{EventSide, ProviderConfig};
+use crate::config::model::{CsvProviderConfig, EventSide, ProviderConfig, SqliteProviderConfig};
+use crate::events::epoch::{self, Epoch, EpochEvent};
 use crate::events::event::Change;
-use crate::events::queue::{Queue, QueueError, QueuedEvent, Status};
+use crate::events::queue::{Queue, QueueError};
 use crate::mapping::{LocationRule, SkuRule};
 use crate::ops::apply::{ApplyError, ApplyOptions, Conflict, Failure, execute};
 use crate::provider::{self, Provider, ProviderError, RowSink, Write};
@@ -114,12 +115,12 @@ impl Folded {
 
 /// Folds one key's events: the highest-sequence set (ties broken by id, so the
 /// result never depends on arrival), plus every later delta.
-pub fn fold(events: &[&QueuedEvent]) -> Folded {
+pub fn fold(events: &[&EpochEvent]) -> Folded {
     let mut f = Folded::default();
     let mut best: Option<(i64, &str, i64)> = None;
     for q in events {
-        if let Change::Qty(v) = q.event.change {
-            let cand = (q.event.sequence, q.event.id.as_str(), v);
+        if let Change::Qty(v) = q.change {
+            let cand = (q.sequence, q.set_id.as_deref().unwrap_or(""), v);
             if best.is_none_or(|b| (cand.0, cand.1) > (b.0, b.1)) {
                 best = Some(cand);
             }
@@ -130,9 +131,9 @@ pub fn fold(events: &[&QueuedEvent]) -> Folded {
         f.base = Some(v);
     }
     for q in events {
-        if let Change::Delta(d) = q.event.change {
+        if let Change::Delta(d) = q.change {
             match f.base_sequence {
-                Some(s) if q.event.sequence <= s => f.superseded.push(q.seq),
+                Some(s) if q.sequence <= s => f.superseded.push(q.seq),
                 _ => f.delta = f.delta.saturating_add(d),
             }
         }
@@ -147,7 +148,7 @@ pub fn replay(
     queue: &mut Queue,
     opts: &ApplyOptions,
 ) -> Result<ReplayReport, ReplayError> {
-    let mut target = provider::open(&plan.config.target, &plan.dir);
+    let mut target = provider::open(&plan.config.target, &plan.dir)?;
     replay_to(plan, state, queue, target.as_mut(), opts)
 }
 
@@ -170,7 +171,7 @@ pub fn replay_to(
         return Ok(report);
     }
     let (_, snapshot_path, since) = state.last_snapshot()?.ok_or(ReplayError::NoSnapshot)?;
-    let all = load_epoch(queue, &since, |_| true)?;
+    let epoch = epoch::read(queue, since.parse().ok())?;
 
     let side_of: HashMap<&str, EventSide> = plan
         .config
@@ -178,25 +179,18 @@ pub fn replay_to(
         .as_ref()
         .map(|e| e.sources.iter().map(|s| (s.name.as_str(), s.side)).collect())
         .unwrap_or_default();
+    let target_side: Vec<bool> = epoch
+        .sources
+        .iter()
+        .map(|s| side_of.get(s.as_str()).copied().unwrap_or_default() == EventSide::Target)
+        .collect();
     let m = &plan.mapping;
 
-    // Group events per key, source side and target side apart.
-    // Grouped by borrowed keys first: one allocation per distinct key, not per event.
-    let mut grouped: [HashMap<(&str, &str), Vec<&QueuedEvent>>; 2] = [HashMap::default(), HashMap::default()];
-    for q in &all {
-        let side = side_of.get(q.event.source.as_str()).copied().unwrap_or_default();
-        let g = &mut grouped[(side == EventSide::Target) as usize];
-        g.entry((q.event.sku.as_str(), q.event.location.as_str())).or_default().push(q);
-    }
-    let [src_groups, tgt_groups] = grouped;
-    let mut by_source_key: HashMap<Key, Vec<&QueuedEvent>> =
-        src_groups.into_iter().map(|((s, l), v)| ((s.to_owned(), l.to_owned()), v)).collect();
-    let mut by_target_key: HashMap<Key, Vec<&QueuedEvent>> =
-        tgt_groups.into_iter().map(|((s, l), v)| ((s.to_owned(), l.to_owned()), v)).collect();
+    let (mut by_source_key, mut by_target_key) = group(&epoch, |e| target_side[e.source as usize]);
     // Folds of every source key with events: a target key that merges several
     // source keys needs all of their current values, not only the changed ones.
     let folds_all: HashMap<Key, Folded> = by_source_key.iter().map(|(k, v)| (k.clone(), fold(v))).collect();
-    let changed = |evs: &Vec<&QueuedEvent>| evs.iter().any(|q| q.status == Status::Queued);
+    let changed = |evs: &Vec<&EpochEvent>| evs.iter().any(|q| q.queued);
     by_source_key.retain(|_, v| changed(v));
     by_target_key.retain(|_, v| changed(v));
 
@@ -234,14 +228,14 @@ pub fn replay_to(
         }
     }
 
-    let folds: HashMap<&Key, Folded> = folds_all.iter().map(|(k, f)| (k, f.clone())).collect();
+    let folds: HashMap<&Key, &Folded> = folds_all.iter().collect();
 
     // One pass over the snapshot: the rows that feed relevant target keys.
     let mut merged: HashMap<Key, i64> = HashMap::new();
     // Snapshot quantities of the changed source keys.
     let mut seen_source: HashMap<Key, i64> = HashMap::new();
     {
-        let mut snap = open_snapshot(&plan.config.source, &snapshot_path);
+        let mut snap = open_snapshot(&plan.config.source, &snapshot_path)?;
         let mut sink =
             SnapshotSink { m, relevant: &relevant, folds: &folds, merged: &mut merged, seen: &mut seen_source };
         snap.read(&mut sink)?;
@@ -357,7 +351,7 @@ pub fn replay_to(
     let mut superseded: Vec<i64> = Vec::new();
     let mut failed: Vec<(u64, String)> = Vec::new();
     for (k, evs) in &by_source_key {
-        let queued: Vec<&&QueuedEvent> = evs.iter().filter(|q| q.status == Status::Queued).collect();
+        let queued: Vec<&&EpochEvent> = evs.iter().filter(|q| q.queued).collect();
         if let Some(msg) = failed_keys.get(k) {
             // They stay queued (visible in `freeze status`) until the mapping covers them.
             failed.push((queued.len() as u64, msg.clone()));
@@ -367,13 +361,14 @@ pub fn replay_to(
             report.failed += queued.len() as u64;
             continue;
         }
-        let sup: HashSet<i64> = folds_all.get(k).map(|f| f.superseded.iter().copied().collect()).unwrap_or_default();
+        // A key's superseded list is short: a scan beats building a set per key.
+        let sup: &[i64] = folds_all.get(k).map_or(&[], |f| &f.superseded);
         for q in queued {
             if sup.contains(&q.seq) { superseded.push(q.seq) } else { applied.push(q.seq) }
         }
     }
     for (k, evs) in &by_target_key {
-        let queued: Vec<&&QueuedEvent> = evs.iter().filter(|q| q.status == Status::Queued).collect();
+        let queued: Vec<&&EpochEvent> = evs.iter().filter(|q| q.queued).collect();
         if blocked(k) {
             report.failed += queued.len() as u64;
             continue;
@@ -384,25 +379,10 @@ pub fn replay_to(
             if sup.contains(&q.seq) { superseded.push(q.seq) } else { applied.push(q.seq) }
         }
     }
-    // Settle the queue in runs of seq: long stretches become one statement each.
-    let mut decision: HashMap<i64, Status> = HashMap::with_capacity(applied.len() + superseded.len());
-    decision.extend(applied.iter().map(|&s| (s, Status::Applied)));
-    decision.extend(superseded.iter().map(|&s| (s, Status::Superseded)));
-    let mut runs: Vec<(i64, i64, Status)> = Vec::new();
-    for q in &all {
-        match (decision.get(&q.seq), q.status) {
-            (Some(&st), _) => match runs.last_mut() {
-                Some(run) if run.2 == st && run.1 != i64::MIN => run.1 = q.seq,
-                _ => runs.push((q.seq, q.seq, st)),
-            },
-            // Not queued: the status guard leaves it alone, so a run may span it.
-            (None, s) if s != Status::Queued => {}
-            // Queued but not settled (blocked or unmapped): it ends the run.
-            (None, _) => runs.push((i64::MIN, i64::MIN, Status::Applied)),
-        }
-    }
-    runs.retain(|r| r.0 != i64::MIN);
-    queue.mark_runs(&runs)?;
+    // Settle: consecutive seqs become one run each (see `Queue::settle`).
+    let mut settled: Vec<i64> = applied.iter().chain(&superseded).copied().collect();
+    settled.sort_unstable();
+    queue.settle(&settled, &superseded)?;
     report.settled = applied.iter().chain(&superseded).copied().collect();
     report.unmapped = failed.iter().map(|(_, msg)| msg.clone()).collect();
     report.applied = applied.len() as u64;
@@ -415,33 +395,33 @@ pub fn replay_to(
     Ok(report)
 }
 
-/// The events that count on top of a snapshot taken by an apply that started at
-/// `since`: every event still queued, and those settled at or after `since`.
-/// Events settled by replays of an earlier snapshot are contained in the source
-/// export that made this one and must not be counted again. Failed ones are left out.
-fn load_epoch(queue: &Queue, since: &str, keep: impl Fn(&QueuedEvent) -> bool) -> Result<Vec<QueuedEvent>, QueueError> {
-    let since: Option<jiff::Timestamp> = since.parse().ok();
-    let mut all = Vec::new();
-    let mut after = 0;
-    loop {
-        let page = queue.events_after(after, 50_000)?;
-        let Some(last) = page.last() else { break };
-        after = last.seq;
-        all.extend(page.into_iter().filter(|q| {
-            let in_epoch = match (q.status, q.applied_at, since) {
-                (Status::Queued, _, _) => true,
-                (Status::Failed, _, _) => false,
-                (_, Some(at), Some(since)) => at >= since,
-                _ => true,
-            };
-            in_epoch && keep(q)
-        }));
+/// Groups an epoch's events by key, source-side and target-side apart (`target`
+/// says which side an event's source is on).
+type Groups<'e> = HashMap<Key, Vec<&'e EpochEvent>>;
+
+fn group(epoch: &Epoch, target: impl Fn(&EpochEvent) -> bool) -> (Groups<'_>, Groups<'_>) {
+    // By interned key first: no hashing of strings per event.
+    let mut per_key: [Vec<Vec<&EpochEvent>>; 2] =
+        [vec![Vec::new(); epoch.keys.len()], vec![Vec::new(); epoch.keys.len()]];
+    for e in &epoch.events {
+        per_key[target(e) as usize][e.key as usize].push(e);
     }
-    Ok(all)
+    let [src, tgt] = per_key;
+    (collect_groups(epoch, src), collect_groups(epoch, tgt))
+}
+
+fn collect_groups<'e>(epoch: &Epoch, per_key: Vec<Vec<&'e EpochEvent>>) -> Groups<'e> {
+    per_key
+        .into_iter()
+        .enumerate()
+        .filter(|(_, evs)| !evs.is_empty())
+        .map(|(k, evs)| (epoch.keys[k].clone(), evs))
+        .collect()
 }
 
 /// The fold of every source-side key's events (failed ones excluded), for
 /// computing the expected state: the snapshot with all events applied.
+/// `since`: when the snapshot's apply started (see [`epoch::read`]).
 pub fn source_folds(plan: &Plan, queue: &Queue, since: &str) -> Result<HashMap<Key, Folded>, QueueError> {
     let target_side: HashSet<&str> = plan
         .config
@@ -449,12 +429,9 @@ pub fn source_folds(plan: &Plan, queue: &Queue, since: &str) -> Result<HashMap<K
         .as_ref()
         .map(|e| e.sources.iter().filter(|s| s.side == EventSide::Target).map(|s| s.name.as_str()).collect())
         .unwrap_or_default();
-    let all = load_epoch(queue, since, |q| !target_side.contains(q.event.source.as_str()))?;
-    let mut groups: HashMap<(&str, &str), Vec<&QueuedEvent>> = HashMap::new();
-    for q in &all {
-        groups.entry((q.event.sku.as_str(), q.event.location.as_str())).or_default().push(q);
-    }
-    Ok(groups.into_iter().map(|((s, l), v)| ((s.to_owned(), l.to_owned()), fold(&v))).collect())
+    let epoch = epoch::read(queue, since.parse().ok())?;
+    let (by_source_key, _) = group(&epoch, |e| target_side.contains(epoch.sources[e.source as usize].as_str()));
+    Ok(by_source_key.iter().map(|(k, v)| (k.clone(), fold(v))).collect())
 }
 
 /// True when events of this source key can be applied under the mapping
@@ -490,12 +467,15 @@ fn map_key(m: &crate::mapping::Mapping, sku: &str, loc: &str) -> Mapped {
 }
 
 /// The source provider pointed at the saved snapshot copy.
-pub fn open_snapshot(cfg: &ProviderConfig, path: &str) -> Box<dyn Provider> {
-    let mut cfg = cfg.clone();
-    match &mut cfg {
-        ProviderConfig::Csv(c) => c.path = path.to_string(),
-        ProviderConfig::Sqlite(c) => c.path = path.to_string(),
-    }
+pub fn open_snapshot(cfg: &ProviderConfig, path: &str) -> Result<Box<dyn Provider>, ProviderError> {
+    let cfg = match cfg {
+        ProviderConfig::Sqlite(c) => {
+            ProviderConfig::Sqlite(SqliteProviderConfig { path: path.to_string(), ..c.clone() })
+        }
+        ProviderConfig::Csv(c) => ProviderConfig::Csv(CsvProviderConfig { path: path.to_string(), ..c.clone() }),
+        // Network sources are snapshotted to CSV with the standard columns at plan time.
+        _ => ProviderConfig::Csv(CsvProviderConfig { path: path.to_string(), columns: Default::default() }),
+    };
     provider::open(&cfg, std::path::Path::new(""))
 }
 
@@ -504,7 +484,7 @@ pub fn open_snapshot(cfg: &ProviderConfig, path: &str) -> Box<dyn Provider> {
 struct SnapshotSink<'a> {
     m: &'a crate::mapping::Mapping,
     relevant: &'a HashSet<Key>,
-    folds: &'a HashMap<&'a Key, Folded>,
+    folds: &'a HashMap<&'a Key, &'a Folded>,
     merged: &'a mut HashMap<Key, i64>,
     seen: &'a mut HashMap<Key, i64>,
 }
@@ -532,25 +512,16 @@ impl RowSink for SnapshotSink<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::event::Event;
 
-    fn q(seq: i64, id: &str, change: Change, sequence: i64) -> QueuedEvent {
-        QueuedEvent {
+    fn q(seq: i64, id: &str, change: Change, sequence: i64) -> EpochEvent {
+        EpochEvent {
             seq,
-            event: Event {
-                id: id.into(),
-                source: "erp".into(),
-                sku: "A".into(),
-                location: "W".into(),
-                change,
-                sequence,
-                occurred_at: jiff::Timestamp::UNIX_EPOCH,
-            },
-            received_at: jiff::Timestamp::UNIX_EPOCH,
-            status: Status::Queued,
-            applied_at: None,
-            error: None,
-            delivery: None,
+            key: 0,
+            source: 0,
+            change,
+            sequence,
+            set_id: matches!(change, Change::Qty(_)).then(|| id.into()),
+            queued: true,
         }
     }
 
@@ -563,14 +534,14 @@ mod tests {
             q(4, "d3", Change::Delta(-1), 15), // late, but below the set: contained in it
             q(5, "s0", Change::Qty(99), 5),    // a stale set
         ];
-        let refs: Vec<&QueuedEvent> = evs.iter().collect();
+        let refs: Vec<&EpochEvent> = evs.iter().collect();
         let f = fold(&refs);
         assert_eq!(f.value(Some(7)), 47);
         let mut sup = f.superseded.clone();
         sup.sort();
         assert_eq!(sup, vec![1, 4]);
         // Without a set: snapshot + all deltas.
-        let only_deltas: Vec<&QueuedEvent> = evs.iter().filter(|e| e.event.delta().is_some()).collect();
+        let only_deltas: Vec<&EpochEvent> = evs.iter().filter(|e| matches!(e.change, Change::Delta(_))).collect();
         assert_eq!(fold(&only_deltas).value(Some(7)), 1);
     }
 
@@ -582,7 +553,7 @@ mod tests {
             q(3, "c", Change::Delta(4), 30),
             q(4, "d", Change::Qty(60), 20), // same sequence as b: the id breaks the tie
         ];
-        let mut refs: Vec<&QueuedEvent> = evs.iter().collect();
+        let mut refs: Vec<&EpochEvent> = evs.iter().collect();
         let v = fold(&refs).value(Some(0));
         refs.reverse();
         assert_eq!(fold(&refs).value(Some(0)), v);
