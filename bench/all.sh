@@ -7,10 +7,12 @@
 # Runs, each with its own defaults unless said otherwise:
 #   plan.sh 1000000        (BENCH_10M=1: also 10,000,000 rows; needs ~4 GB and a few minutes)
 #   apply.sh               1,000,000 writes
+#   postgres.sh            200,000 conditional writes to a local PostgreSQL (starts a private server)
 #   ingest.sh              50,000 webhooks, 64 connections
 #   replay.sh              1,000,000 events over 100,000 keys
 #   reconcile.sh 1000000   on plan.sh's data
 #   simulate.sh 100000     the playbook's reference case and 100,000 SKUs over 48 h
+#   shopify.sh             100,000 writes to the fake Shopify at 100 points/s, 1,000-point bucket
 #
 # Environment: BENCH_10M=1 (above); BENCH_RUNS (plan.sh and reconcile.sh, default 3);
 # BENCH_ONLY="plan apply ..." to run some of them only.
@@ -24,7 +26,7 @@ cd "$ROOT"
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 LOGS=$ROOT/target/bench-all/$STAMP
 mkdir -p "$LOGS"
-ONLY=${BENCH_ONLY:-"plan apply ingest replay reconcile simulate"}
+ONLY=${BENCH_ONLY:-"plan apply postgres ingest replay reconcile simulate shopify"}
 PLAN_SIZES=(1000000)
 [[ ${BENCH_10M:-0} == 1 ]] && PLAN_SIZES=(1000000 10000000)
 
@@ -51,10 +53,12 @@ run() {
 
 wants plan && run plan bench/plan.sh "${PLAN_SIZES[@]}"
 wants apply && run apply bench/apply.sh
+wants postgres && run postgres env STOCKSHIFT_BIN="$BENCH_STOCKSHIFT" bench/postgres.sh
 wants ingest && run ingest bench/ingest.sh
 wants replay && run replay bench/replay.sh
 wants reconcile && run reconcile bench/reconcile.sh 1000000
 wants simulate && run simulate bench/simulate.sh 100000
+wants shopify && run shopify bench/shopify.sh
 
 ROWS=()
 ALL_OK=1
@@ -123,6 +127,16 @@ if wants apply; then
     fi
 fi
 
+if wants postgres; then
+    if ok postgres; then
+        L=$LOGS/postgres.log
+        row "postgres 200k conditional writes: rate" "$(awk '/^writes\/s/ { print $2 }' "$L")" "writes/s" ">= 50000" ">=" 50000
+        row "postgres 200k conditional writes: wall" "$(awk '/^apply wall \(s\)/ { print $4 }' "$L")" s "" info 0
+    else
+        failed postgres
+    fi
+fi
+
 if wants ingest; then
     if ok ingest; then
         L=$LOGS/ingest.log
@@ -179,6 +193,18 @@ if wants simulate; then
         done < <(grep '^RESULT name=simulate' "$L")
     else
         failed simulate
+    fi
+fi
+
+if wants shopify; then
+    R=$(grep '^RESULT name=shopify' "$LOGS/shopify.log" 2>/dev/null | tail -1)
+    if [[ -n $R ]]; then
+        val() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$R"; }
+        row "shopify 100k writes, 100 pts/s: wall / bucket minimum" "$(val ratio)" ratio "<= 1.10" "<=" 1.10
+        row "shopify: THROTTLED after the first" "$(val throttled_after_first)" answers "= 0" "<=" 0
+        row "shopify: minimum the bucket allows" "$(val min_s)" s "" info 0
+    else
+        failed shopify
     fi
 fi
 

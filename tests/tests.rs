@@ -2,14 +2,24 @@
 
 mod util;
 
+mod admin;
 mod apply;
+mod conformance;
 mod cutover;
 mod dashboards;
 mod events;
+mod fakes;
+mod http_provider;
+mod kafka;
+mod magento;
+mod network_source;
+mod pg;
 mod plan_cli;
+mod postgres;
 mod reconcile;
 mod render;
 mod replay;
 mod schema;
+mod shopify;
 mod simulate;
 mod validate;

@@ -104,6 +104,123 @@ impl Checker<'_> {
             ProviderConfig::Sqlite(c) => {
                 self.file_exists(&[k(role), k("path")], &c.path, "Database file");
             }
+            ProviderConfig::Postgres(c) => {
+                if let Some(q) = &c.query
+                    && !q.trim_start().to_ascii_lowercase().starts_with("select")
+                    && !q.trim_start().to_ascii_lowercase().starts_with("with")
+                {
+                    let pos = self.at(&[k(role), k("query")]);
+                    self.error(
+                        pos,
+                        "`query` must be a SELECT",
+                        "Write a query that returns the columns sku, location, qty, e.g. `SELECT sku, location, qty FROM stock WHERE warehouse = {{ bind(params.warehouse) }}`.",
+                    );
+                } else if let Some(q) = &c.query
+                    && let Err(e) = crate::provider::postgres::template::render(q, &c.params)
+                {
+                    let pos = self.at(&[k(role), k("query")]);
+                    self.error(
+                        pos,
+                        format!("`query` template: {e}"),
+                        "Pass every value as `{{ bind(params.NAME) }}` (a bound parameter) and define NAME under `params:`.",
+                    );
+                }
+            }
+            ProviderConfig::Shopify(c) => {
+                if !super::model::SHOPIFY_API_VERSIONS.contains(&c.api_version.as_str()) {
+                    let pos = self.at(&[k(role), k("api_version")]);
+                    self.error(
+                        pos,
+                        format!("Unknown Shopify API version `{}`", c.api_version),
+                        format!(
+                            "Use one of {} (versions that support `changeFromQuantity` compare-and-set).",
+                            super::model::SHOPIFY_API_VERSIONS.join(", ")
+                        ),
+                    );
+                }
+                if let Some(e) = &c.endpoint {
+                    self.url(&[k(role), k("endpoint")], e);
+                }
+            }
+            ProviderConfig::Magento(c) => {
+                self.url(&[k(role), k("base_url")], &c.base_url);
+                if c.source_codes.is_empty() {
+                    let pos = self.at(&[k(role), k("source_codes")]);
+                    self.error(
+                        pos,
+                        "`source_codes` is empty",
+                        "Map each MSI source code to a location name, e.g. `source_codes: { default: WH-EAST }`.",
+                    );
+                }
+                self.one_to_one(&[k(role), k("source_codes")], &c.source_codes, "MSI source");
+            }
+            ProviderConfig::Http(c) => {
+                self.url(&[k(role), k("base_url")], &c.base_url);
+                self.one_to_one(&[k(role), k("locations")], &c.locations, "platform location");
+                let path = crate::provider::http::manifest_path(self.dir, &c.manifest);
+                match crate::provider::http::Manifest::load(&path) {
+                    Ok(m) => {
+                        if let (Some(header), None) = (&m.auth_header, &c.token_env) {
+                            let pos = self.at(&[k(role), k("manifest")]);
+                            self.error(
+                                pos,
+                                format!(
+                                    "Manifest `{}` sends a credential in `{header}` but `token_env` is not set",
+                                    c.manifest
+                                ),
+                                "Add `token_env: NAME`, the environment variable holding the API token.",
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        let pos = self.at(&[k(role), k("manifest")]);
+                        self.error(pos, format!("Manifest `{}`: {e}", c.manifest), e.help());
+                    }
+                }
+            }
+        }
+        for (key, var) in cfg.env_vars() {
+            if looks_like_secret(var) {
+                continue; // reported with the other `*_env` keys
+            }
+            if std::env::var_os(var).is_none_or(|v| v.is_empty()) {
+                let pos = self.at(&[k(role), k(key)]);
+                self.error(
+                    pos,
+                    format!("Environment variable `{var}` (named by `{role}.{key}`) is not set"),
+                    format!(
+                        "Export it before running stockshift, e.g. `export {var}=...`; its value is never printed."
+                    ),
+                );
+            }
+        }
+    }
+
+    /// A map from platform ids to plan locations must not send two ids to one location.
+    fn one_to_one(&mut self, path: &[Seg], map: &BTreeMap<String, String>, what: &str) {
+        let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
+        for (remote, local) in map {
+            if let Some(first) = seen.insert(local.as_str(), remote.as_str()) {
+                let mut at = path.to_vec();
+                at.push(Seg::Key(remote.clone()));
+                let pos = self.at(&at);
+                self.error(
+                    pos,
+                    format!("Location `{local}` is named by two of the {what}s: `{first}` and `{remote}`"),
+                    format!("Give each {what} its own location name, so writes to `{local}` have one place to go."),
+                );
+            }
+        }
+    }
+
+    fn url(&mut self, path: &[Seg], value: &str) {
+        if !(value.starts_with("https://") || value.starts_with("http://")) || value.len() < 10 {
+            let pos = self.at(path);
+            self.error(
+                pos,
+                format!("`{value}` is not an http(s) URL"),
+                "Write the full URL with its scheme, e.g. `https://shop.example.com/rest`.",
+            );
         }
     }
 }
@@ -233,11 +350,18 @@ pub fn check_file(path: &Path) -> Result<Plan, Diagnostics> {
             envs.push((vec![k("events"), k("queue"), k("url_env")], u));
         }
         for (i, s) in ev.sources.iter().enumerate() {
-            envs.push((vec![k("events"), k("sources"), Seg::Index(i), k("secret_env")], &s.secret_env));
+            if let Some(v) = &s.secret_env {
+                envs.push((vec![k("events"), k("sources"), Seg::Index(i), k("secret_env")], v));
+            }
         }
     }
     if let Some(a) = &cfg.admin {
         envs.push((vec![k("admin"), k("token_env")], &a.token_env));
+    }
+    for (role, p) in [("source", &cfg.source), ("target", &cfg.target)] {
+        for (key, var) in p.env_vars() {
+            envs.push((vec![k(role), k(key)], var));
+        }
     }
     for (path, value) in envs {
         if looks_like_secret(value) {
@@ -319,7 +443,8 @@ pub fn check_file(path: &Path) -> Result<Plan, Diagnostics> {
                     format!("Source {first} already uses this name; names appear in webhook URLs and must be unique."),
                 );
             }
-            if let Some(map) = &s.inventory_map {
+            event_source_keys(&mut ck, i, s);
+            if let Some(map) = s.inventory_map.as_ref().filter(|_| s.kind.is_webhook()) {
                 ck.file_exists(
                     &[k("events"), k("sources"), Seg::Index(i), k("inventory_map")],
                     map,
@@ -353,6 +478,80 @@ pub fn check_file(path: &Path) -> Result<Plan, Diagnostics> {
         inputs,
         warnings,
     })
+}
+
+/// The keys an event source needs and may have for its kind: webhook kinds need
+/// `secret_env` and take no Kafka keys; `kafka` needs `brokers` (`host:port`) and
+/// `topic`, and takes neither a secret nor an inventory map.
+fn event_source_keys(ck: &mut Checker<'_>, i: usize, s: &super::model::EventSourceConfig) {
+    let at = |key: &str| vec![k("events"), k("sources"), Seg::Index(i), k(key)];
+    let whole = [k("events"), k("sources"), Seg::Index(i)];
+    let kind = s.kind.as_str();
+    if s.kind.is_webhook() {
+        if s.secret_env.is_none() {
+            let pos = ck.at(&whole);
+            ck.error(
+                pos,
+                format!("Source `{}` (kind {kind}) has no `secret_env`", s.name),
+                "Webhook sources are signed: name the environment variable holding the signing secret, e.g. `secret_env: ERP_WEBHOOK_SECRET`.",
+            );
+        }
+        for (key, given) in
+            [("brokers", !s.brokers.is_empty()), ("topic", s.topic.is_some()), ("group", s.group.is_some())]
+        {
+            if given {
+                let pos = ck.key_at(&at(key));
+                ck.error(
+                    pos,
+                    format!("`{key}` is only for `kind: kafka` sources; `{}` is a {kind} webhook source", s.name),
+                    format!("Remove `{key}`, or set `kind: kafka` to consume events from a Kafka topic."),
+                );
+            }
+        }
+        return;
+    }
+    if s.brokers.is_empty() {
+        // At `brokers: []` when written, else at the source.
+        let pos = ck.at(&at("brokers"));
+        ck.error(
+            pos,
+            format!("Kafka source `{}` has no `brokers`", s.name),
+            "List the bootstrap brokers as host:port, e.g. `brokers: [\"127.0.0.1:9092\"]`.",
+        );
+    }
+    for (j, b) in s.brokers.iter().enumerate() {
+        let port_ok = b.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.trim().is_empty() && !host.contains('/') && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !port_ok {
+            let pos = ck.at(&[k("events"), k("sources"), Seg::Index(i), k("brokers"), Seg::Index(j)]);
+            ck.error(
+                pos,
+                format!("Invalid Kafka broker `{b}`"),
+                "Write host:port without a scheme, e.g. `127.0.0.1:9092` or `kafka-1.internal:9092`.",
+            );
+        }
+    }
+    if s.topic.is_none() {
+        let pos = ck.at(&whole);
+        ck.error(
+            pos,
+            format!("Kafka source `{}` has no `topic`", s.name),
+            "Name the topic of normalized events to consume, e.g. `topic: inventory-events`.",
+        );
+    }
+    for (key, given) in [("secret_env", s.secret_env.is_some()), ("inventory_map", s.inventory_map.is_some())] {
+        if given {
+            let pos = ck.key_at(&at(key));
+            ck.error(
+                pos,
+                format!("`{key}` does not apply to Kafka source `{}`", s.name),
+                format!(
+                    "Remove `{key}`: Kafka records carry normalized events, neither signed nor in Shopify's format."
+                ),
+            );
+        }
+    }
 }
 
 /// Reads a SKU map CSV (`old_sku,new_sku[,factor]`) into `builder`, naming every

@@ -83,6 +83,15 @@ pub enum ProviderConfig {
     Csv(CsvProviderConfig),
     /// A SQLite database file with one inventory table. Readable and writable.
     Sqlite(SqliteProviderConfig),
+    /// A PostgreSQL table or query. Readable and writable (`UPDATE ... WHERE qty = expected`).
+    Postgres(PostgresProviderConfig),
+    /// A Shopify store through the Admin GraphQL API. Readable and writable (native compare-and-set).
+    Shopify(ShopifyProviderConfig),
+    /// A Magento 2 / Adobe Commerce store through the MSI REST API. Readable and writable
+    /// (compare emulated by read-compare-write).
+    Magento(MagentoProviderConfig),
+    /// Any HTTP API described by a manifest under `providers/`.
+    Http(HttpProviderConfig),
 }
 
 impl ProviderConfig {
@@ -91,8 +100,187 @@ impl ProviderConfig {
         match self {
             ProviderConfig::Csv(_) => "csv",
             ProviderConfig::Sqlite(_) => "sqlite",
+            ProviderConfig::Postgres(_) => "postgres",
+            ProviderConfig::Shopify(_) => "shopify",
+            ProviderConfig::Magento(_) => "magento",
+            ProviderConfig::Http(_) => "http",
         }
     }
+
+    /// Environment variables the provider needs, with their plan key (`token_env`, `url_env`).
+    pub fn env_vars(&self) -> Vec<(&'static str, &str)> {
+        match self {
+            ProviderConfig::Csv(_) | ProviderConfig::Sqlite(_) => vec![],
+            ProviderConfig::Postgres(c) => vec![("url_env", &c.url_env)],
+            ProviderConfig::Shopify(c) => vec![("token_env", &c.token_env)],
+            ProviderConfig::Magento(c) => vec![("token_env", &c.token_env)],
+            ProviderConfig::Http(c) => c.token_env.iter().map(|t| ("token_env", t.as_str())).collect(),
+        }
+    }
+}
+
+/// Shopify Admin API versions this stockshift speaks (all use `changeFromQuantity`
+/// for compare-and-set and accept `@idempotent`).
+pub const SHOPIFY_API_VERSIONS: &[&str] = &["2026-01", "2026-04", "2026-07", "2026-10"];
+
+/// Settings of the `postgres` provider.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresProviderConfig {
+    /// Environment variable holding the connection URL (`postgres://user@host:5432/db`).
+    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"), example = &"INVENTORY_DB_URL")]
+    pub url_env: String,
+    /// Table holding one row per (sku, location); writes go here.
+    #[serde(default = "default_table")]
+    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$"))]
+    pub table: String,
+    /// Column names, when they differ from `sku`, `location`, `qty`, `version`.
+    #[serde(default)]
+    pub columns: ColumnsConfig,
+    /// A SELECT to read with instead of the whole table: a template whose
+    /// `{{ bind(params.x) }}` calls become bound parameters, never spliced text.
+    /// It must return the columns `sku`, `location`, `qty`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// Values the `query` template may bind.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub params: std::collections::BTreeMap<String, serde_json::Value>,
+    /// Conditional writes per transaction when this is the target.
+    #[serde(default = "default_sqlite_batch")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub batch_size: usize,
+}
+
+/// Settings of the `shopify` provider.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShopifyProviderConfig {
+    /// The shop's domain, `my-shop.myshopify.com` (or just `my-shop`).
+    #[schemars(length(min = 1), example = "my-shop.myshopify.com")]
+    pub shop: String,
+    /// Admin API version, pinned so a platform release cannot change behaviour mid-migration.
+    #[serde(default = "default_shopify_version")]
+    #[schemars(regex(pattern = r"^[0-9]{4}-[0-9]{2}$"))]
+    pub api_version: String,
+    /// Environment variable holding the Admin API access token.
+    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"), example = &"SHOPIFY_ADMIN_TOKEN")]
+    pub token_env: String,
+    /// Send the GraphQL requests to this URL instead of the shop's (a proxy or a test server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub endpoint: Option<String>,
+    /// Which inventory quantity is read and set: `available` or `on_hand`.
+    #[serde(default)]
+    pub quantity: ShopifyQuantity,
+    /// How to read every level: `paged` GraphQL pages, a `bulk` operation, or `auto`
+    /// (bulk above `bulk_threshold` variants).
+    #[serde(default)]
+    pub read: ShopifyRead,
+    /// Catalogue size from which `read: auto` uses a bulk operation.
+    #[serde(default = "default_bulk_threshold")]
+    pub bulk_threshold: u64,
+    /// Quantities per `inventorySetQuantities` call (the API takes at most 250).
+    #[serde(default = "default_shopify_batch")]
+    #[schemars(range(min = 1, max = 250))]
+    pub batch_size: usize,
+}
+
+fn default_shopify_version() -> String {
+    "2026-10".to_owned()
+}
+
+fn default_bulk_threshold() -> u64 {
+    10_000
+}
+
+fn default_shopify_batch() -> usize {
+    250
+}
+
+/// The Shopify inventory quantity a plan reads and sets.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ShopifyQuantity {
+    #[default]
+    Available,
+    OnHand,
+}
+
+/// How the Shopify provider reads a snapshot.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ShopifyRead {
+    #[default]
+    Auto,
+    Paged,
+    Bulk,
+}
+
+/// Settings of the `magento` provider.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MagentoProviderConfig {
+    /// The REST root, e.g. `https://shop.example.com/rest` (requests go to `{base_url}/V1/...`).
+    #[schemars(length(min = 1), example = "https://shop.example.com/rest")]
+    pub base_url: String,
+    /// Environment variable holding the integration access token.
+    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"), example = &"MAGENTO_TOKEN")]
+    pub token_env: String,
+    /// MSI source code -> location name used in the plan. Sources not listed are not read or written.
+    #[schemars(length(min = 1))]
+    pub source_codes: std::collections::BTreeMap<String, String>,
+    /// Source items per `POST /V1/inventory/source-items` (20 when the store limits input).
+    #[serde(default = "default_magento_batch")]
+    #[schemars(range(min = 1, max = 5000))]
+    pub batch_size: usize,
+    /// Items per page when reading (Magento caps pages at 300 when input limits are on).
+    #[serde(default = "default_magento_page")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub page_size: usize,
+    /// MSI stock whose salable quantity is reported next to source quantity (`reconcile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stock_id: Option<u32>,
+}
+
+fn default_magento_batch() -> usize {
+    20
+}
+
+fn default_magento_page() -> usize {
+    300
+}
+
+/// Settings of the `http` provider: a manifest plus the values it leaves open.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpProviderConfig {
+    /// The manifest: a file under `providers/` (relative to the plan file's folder, or a
+    /// shipped name such as `bigcommerce`).
+    #[schemars(length(min = 1), example = "providers/bigcommerce.yaml")]
+    pub manifest: String,
+    /// Base URL the manifest's paths are joined to.
+    #[schemars(length(min = 1), example = "https://api.bigcommerce.com/stores/abc123")]
+    pub base_url: String,
+    /// Environment variable holding the credential the manifest's auth header carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"))]
+    pub token_env: Option<String>,
+    /// Values the manifest's templates may use as `vars.NAME` (they override the manifest's `vars`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub vars: std::collections::BTreeMap<String, String>,
+    /// Platform location id -> location name used in the plan. When given, only these
+    /// locations are read and written; when absent, the platform's ids are the names.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub locations: std::collections::BTreeMap<String, String>,
+    /// Writes per batch, instead of the manifest's `limits.batch_size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub batch_size: Option<usize>,
+    /// Requests per second, instead of the manifest's `limits.requests_per_sec`
+    /// (lower it when other apps share the platform's rate limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.001))]
+    pub requests_per_sec: Option<f64>,
 }
 
 /// Settings of the `csv` provider.
@@ -447,27 +635,57 @@ fn d_listen() -> String {
     "127.0.0.1:8088".into()
 }
 
-/// One system that sends webhooks.
+/// One system that sends stock events: by webhook, or through a Kafka topic.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("allOf" = [
+    {
+        "if": {"properties": {"kind": {"enum": ["shopify", "standard"]}}, "required": ["kind"]},
+        "then": {"required": ["secret_env"]}
+    },
+    {
+        "if": {"properties": {"kind": {"const": "kafka"}}, "required": ["kind"]},
+        "then": {"required": ["brokers", "topic"]}
+    }
+]))]
 pub struct EventSourceConfig {
-    /// Name used in the URL: `POST /webhooks/{name}`.
+    /// Name of the source: webhooks go to `POST /webhooks/{name}`; events carry it as `source`.
     #[schemars(regex(pattern = r"^[A-Za-z0-9_-]+$"))]
     pub name: String,
-    /// `shopify` or `standard` (Standard Webhooks).
+    /// `shopify`, `standard` (Standard Webhooks) or `kafka` (a topic of normalized events).
     pub kind: EventSourceKind,
     /// Environment variable holding the signing secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"))]
-    pub secret_env: String,
+    pub secret_env: Option<String>,
     /// `source` (default): events name source SKUs and locations; `target`: already mapped.
     #[serde(default)]
     pub side: EventSide,
     /// For `shopify`: CSV mapping `inventory_item_id,location_id` to `sku,location`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inventory_map: Option<String>,
+    /// For `kafka`: bootstrap brokers, `host:port` each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(example = ["127.0.0.1:9092"])]
+    pub brokers: Vec<String>,
+    /// For `kafka`: the topic of normalized events (JSON, one event or an array per record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9._-]{1,249}$"))]
+    pub topic: Option<String>,
+    /// For `kafka`: the consumer group; its offsets are kept in the event queue. Default: the source's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub group: Option<String>,
 }
 
-/// Webhook dialects.
+impl EventSourceConfig {
+    /// The Kafka consumer group: `group`, or the source's name.
+    pub fn kafka_group(&self) -> &str {
+        self.group.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// How a source delivers events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventSourceKind {
@@ -475,6 +693,24 @@ pub enum EventSourceKind {
     Shopify,
     /// Standard Webhooks (`webhook-id`, `webhook-timestamp`, `webhook-signature`).
     Standard,
+    /// A Kafka topic of normalized events, consumed by `serve`.
+    Kafka,
+}
+
+impl EventSourceKind {
+    /// The kind as written in a plan.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventSourceKind::Shopify => "shopify",
+            EventSourceKind::Standard => "standard",
+            EventSourceKind::Kafka => "kafka",
+        }
+    }
+
+    /// Whether events arrive by webhook (`POST /webhooks/{name}`).
+    pub fn is_webhook(self) -> bool {
+        !matches!(self, EventSourceKind::Kafka)
+    }
 }
 
 /// Which side's SKUs and locations a source's events name.

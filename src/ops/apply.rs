@@ -178,7 +178,7 @@ pub fn apply(
     state: &mut StateStore,
     opts: &ApplyOptions,
 ) -> Result<ApplyReport, ApplyError> {
-    let mut target = provider::open(&plan.config.target, &plan.dir);
+    let mut target = provider::open(&plan.config.target, &plan.dir)?;
     apply_to(plan, doc, kind, state, target.as_mut(), opts)
 }
 
@@ -366,6 +366,7 @@ pub fn execute(
     write_of: &dyn Fn(usize) -> Write,
     opts: &ApplyOptions,
 ) -> Result<ExecRun, ApplyError> {
+    target.bind_operation(op_id);
     let cap = target.capabilities();
     let batch_size = cap.max_batch.max(1);
     let bar = progress_bar(opts.progress, pending.len() as u64);

@@ -129,9 +129,9 @@ impl Runner<'_, '_, '_> {
         self.state_dir.join("cutovers").join(&self.row.id)
     }
 
-    fn open_target(&mut self) -> Box<dyn provider::Provider> {
+    fn open_target(&mut self) -> Result<Box<dyn provider::Provider>, provider::ProviderError> {
         match self.opts.target.as_mut() {
-            Some(open) => open(),
+            Some(open) => Ok(open()),
             None => provider::open(&self.plan.config.target, &self.plan.dir),
         }
     }
@@ -179,7 +179,7 @@ fn run_steps(r: &mut Runner<'_, '_, '_>, done: u32) -> Result<Option<Verdict>, C
     // 1. Preflight.
     if done < 1 {
         let (t, at) = (Instant::now(), now());
-        let mut target = r.open_target();
+        let mut target = r.open_target().map_err(anyhow::Error::from)?;
         if target.capabilities().compare == CompareMode::ReadOnly {
             let detail = format!("the target ({}) cannot be written", target.describe());
             r.record(1, t, at, false, detail.clone()).map_err(CutoverError::Other)?;
@@ -255,7 +255,7 @@ fn run_steps(r: &mut Runner<'_, '_, '_>, done: u32) -> Result<Option<Verdict>, C
             r.record(4, t, at, false, "not approved; nothing was written".into()).map_err(CutoverError::Other)?;
             return Ok(None);
         }
-        let mut target = r.open_target();
+        let mut target = r.open_target().map_err(anyhow::Error::from)?;
         let rep = match apply_to(plan, &doc, OpKind::Apply, &mut r.state, target.as_mut(), &r.opts.apply) {
             Ok(rep) => rep,
             Err(e) => {
@@ -278,7 +278,7 @@ fn run_steps(r: &mut Runner<'_, '_, '_>, done: u32) -> Result<Option<Verdict>, C
     // 5. Replay the queued events.
     if done < 5 {
         let (t, at) = (Instant::now(), now());
-        let mut target = r.open_target();
+        let mut target = r.open_target().map_err(anyhow::Error::from)?;
         let rep = replay_to(plan, &mut r.state, &mut r.queue, target.as_mut(), &r.opts.apply)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut settled: Vec<i64> =
@@ -398,12 +398,12 @@ fn verdict(r: &mut Runner<'_, '_, '_>) -> Result<Vec<Kpi>, CutoverError> {
         }
         fn problem(&mut self, _: u64, _: usize, _: String, _: String) {}
     }
-    let mut target = r.open_target();
+    let mut target = r.open_target().map_err(anyhow::Error::from)?;
     let mut feed = Feed { engine: &mut engine, target: true, folds: &folds, seen: Default::default() };
     target.read(&mut feed).map_err(anyhow::Error::from)?;
     if let Some((_, path, _)) = &snapshot {
         feed.target = false;
-        open_snapshot(&plan.config.source, path).read(&mut feed).map_err(anyhow::Error::from)?;
+        open_snapshot(&plan.config.source, path).and_then(|mut p| p.read(&mut feed)).map_err(anyhow::Error::from)?;
     }
     let seen = std::mem::take(&mut feed.seen);
     for (k, f) in &folds {

@@ -8,4 +8,5 @@ pub mod plan;
 pub mod reconcile;
 pub mod replay;
 pub mod rollback;
+pub mod snapshot;
 pub mod validate;

@@ -5,7 +5,8 @@ use crate::config::check::Plan;
 use crate::config::model::ProviderConfig;
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::diff::engine::{Issue, Reader, Side, plan_parallel};
-use crate::provider::{self, ProviderError, RowSink};
+use crate::ops::snapshot::SnapshotTee;
+use crate::provider::{self, ProviderError, ReadInfo, RowSink};
 
 /// Most parts an input is read in at once.
 const MAX_READ_PARTS: usize = 4;
@@ -26,6 +27,10 @@ pub fn input_label(plan: &Plan, cfg: &ProviderConfig) -> (String, bool) {
     match cfg {
         ProviderConfig::Csv(c) => (plan.shown(&c.path), true),
         ProviderConfig::Sqlite(c) => (format!("{} (table {})", plan.shown(&c.path), c.table), false),
+        ProviderConfig::Postgres(c) => (format!("postgres (table {})", c.table), false),
+        ProviderConfig::Shopify(c) => (format!("shopify {}", c.shop), false),
+        ProviderConfig::Magento(c) => (format!("magento {}", c.base_url), false),
+        ProviderConfig::Http(c) => (format!("http {} ({})", c.base_url, c.manifest), false),
     }
 }
 
@@ -33,6 +38,10 @@ fn path_of(cfg: &ProviderConfig) -> &str {
     match cfg {
         ProviderConfig::Csv(c) => &c.path,
         ProviderConfig::Sqlite(c) => &c.path,
+        ProviderConfig::Postgres(_)
+        | ProviderConfig::Shopify(_)
+        | ProviderConfig::Magento(_)
+        | ProviderConfig::Http(_) => "",
     }
 }
 
@@ -69,12 +78,21 @@ pub fn run(plan: &Plan, state: Option<StateRef>) -> Result<PlanArtifact, PlanErr
     // scanned by rowid ranges), so that no single reader thread is the bottleneck.
     let parts = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_READ_PARTS);
     let target: Vec<Reader<'_, ProviderError>> =
-        match provider::open(&plan.config.target, &plan.dir).read_parts(parts)? {
+        match provider::open(&plan.config.target, &plan.dir)?.read_parts(parts)? {
             Some(parts) => parts.into_iter().map(|p| p as Reader<'_, ProviderError>).collect(),
-            None => vec![Box::new(|sink: &mut dyn RowSink| provider::open(&plan.config.target, &plan.dir).read(sink))],
+            None => vec![Box::new(|sink: &mut dyn RowSink| provider::open(&plan.config.target, &plan.dir)?.read(sink))],
         };
+    let snapshot = std::sync::Mutex::new(None);
     let source: Reader<'_, ProviderError> = Box::new(|sink: &mut dyn RowSink| {
-        let mut info = provider::open(&plan.config.source, &plan.dir).read(sink)?;
+        let mut source = provider::open(&plan.config.source, &plan.dir)?;
+        if !is_file_backed(&plan.config.source) {
+            let mut tee = SnapshotTee::new(sink, &plan.state_dir(None).join("snapshots"))?;
+            let info = source.read(&mut tee)?;
+            let (path, sha256) = tee.finish()?;
+            *snapshot.lock().expect("not poisoned") = Some(path.display().to_string());
+            return Ok(ReadInfo { sha256: Some(sha256), ..info });
+        }
+        let mut info = source.read(sink)?;
         // A database-backed source has no digest of its own: hash its file here, on
         // the source's thread, so a changed source makes a saved plan stale.
         info.sha256 = info.sha256.or_else(|| file_sha(plan, &plan.config.source));
@@ -86,7 +104,13 @@ pub fn run(plan: &Plan, state: Option<StateRef>) -> Result<PlanArtifact, PlanErr
     let digest = |role: &str, cfg: &ProviderConfig, sha: Option<String>| -> Option<InputDigest> {
         sha.map(|sha256| InputDigest { role: role.into(), path: path_of(cfg).to_owned(), sha256 })
     };
-    inputs.extend(digest("source", &plan.config.source, planned.source.sha256));
+    match snapshot.into_inner().expect("not poisoned") {
+        // A database or platform source: its snapshot file stands for it.
+        Some(path) => {
+            inputs.extend(planned.source.sha256.map(|sha256| InputDigest { role: "source".into(), path, sha256 }))
+        }
+        None => inputs.extend(digest("source", &plan.config.source, planned.source.sha256)),
+    }
     inputs.extend(digest("target", &plan.config.target, planned.target.sha256));
     inputs.extend(plan.inputs.iter().cloned());
 
@@ -106,6 +130,11 @@ pub fn run(plan: &Plan, state: Option<StateRef>) -> Result<PlanArtifact, PlanErr
         file_sha256: None,
         file_path: None,
     })
+}
+
+/// Whether a provider reads a file that apply can copy as the source snapshot.
+fn is_file_backed(cfg: &ProviderConfig) -> bool {
+    matches!(cfg, ProviderConfig::Csv(_) | ProviderConfig::Sqlite(_))
 }
 
 /// SHA-256 of a database-backed source file, so a changed source makes a saved plan stale.

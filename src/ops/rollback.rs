@@ -104,7 +104,7 @@ pub fn plan_rollback_ops(plan: &Plan, state: &StateStore, ops: Vec<Operation>) -
         keys.entry((w.sku.clone(), w.location.clone())).and_modify(|e| e.1 = w.after).or_insert((w.before, w.after));
     }
     let key_list: Vec<(String, String)> = keys.keys().cloned().collect();
-    let mut target = provider::open(&plan.config.target, &plan.dir);
+    let mut target = provider::open(&plan.config.target, &plan.dir)?;
     let current = target.read_keys(&key_list)?;
     let mut summary = Summary::default();
     let mut changes = Vec::new();

@@ -8,6 +8,11 @@
 //! knowing the platform.
 
 pub mod csv;
+pub mod http;
+pub mod magento;
+pub mod net;
+pub mod postgres;
+pub mod shopify;
 pub mod sqlite;
 
 use std::path::Path;
@@ -96,6 +101,13 @@ pub trait Provider {
     /// Makes conditional writes; returns one outcome per write, in order.
     fn write_batch(&mut self, writes: &[Write]) -> Result<Vec<WriteOutcome>, ProviderError>;
 
+    /// Names the operation (apply, replay, rollback, fix ...) the next writes belong to.
+    /// Platforms with idempotency keys derive them from it, so a retried request
+    /// carries the same key. The default ignores it.
+    fn bind_operation(&mut self, op_id: &str) {
+        let _ = op_id;
+    }
+
     /// Splits the snapshot read into up to `parts` readers that may run on separate
     /// threads. Taken one after the other they stream exactly the rows [`Self::read`]
     /// would, in the same order, from one consistent snapshot. `None` (the default):
@@ -130,14 +142,19 @@ pub trait Provider {
 }
 
 /// Opens the provider a plan names. Paths resolve against `base` (the plan's folder).
-pub fn open(cfg: &ProviderConfig, base: &Path) -> Box<dyn Provider> {
-    match cfg {
+/// Fails when a credential it needs is not in the environment or its settings are unusable.
+pub fn open(cfg: &ProviderConfig, base: &Path) -> Result<Box<dyn Provider>, ProviderError> {
+    Ok(match cfg {
         ProviderConfig::Csv(c) => Box::new(csv::CsvProvider::new(base.join(&c.path), c.columns.clone())),
         ProviderConfig::Sqlite(c) => {
             let p = sqlite::SqliteProvider::new(base.join(&c.path), c.table.clone(), c.columns.clone());
             Box::new(p.with_batch_size(c.batch_size))
         }
-    }
+        ProviderConfig::Postgres(c) => Box::new(postgres::PostgresProvider::from_config(c)?),
+        ProviderConfig::Shopify(c) => Box::new(shopify::ShopifyProvider::from_config(c)?),
+        ProviderConfig::Magento(c) => Box::new(magento::MagentoProvider::from_config(c)?),
+        ProviderConfig::Http(c) => Box::new(http::HttpProvider::from_config(c, base)?),
+    })
 }
 
 /// Parses a quantity the way every provider does: an integer, optional sign, no

@@ -278,7 +278,8 @@ pub fn run(cfg: &SimConfig, note: &mut dyn FnMut(&str)) -> anyhow::Result<SimRun
     let plan_dir = plan.dir.clone();
     let wf_open = wf.clone();
     let mut open = move || -> Box<dyn Provider> {
-        Box::new(FaultyTarget::new(provider::open(&target_cfg, &plan_dir), wf_open.clone()))
+        // The simulation's target is a SQLite file it created, which always opens.
+        Box::new(FaultyTarget::new(provider::open(&target_cfg, &plan_dir).expect("sqlite opens"), wf_open.clone()))
     };
     let mut apply = ApplyOptions::new(Actor::current("simulate"));
     apply.allow_large = true;
@@ -412,10 +413,10 @@ pub fn run(cfg: &SimConfig, note: &mut dyn FnMut(&str)) -> anyhow::Result<SimRun
 
     let mut queue = Queue::open(&Queue::path_in(&state_dir))?;
     let mut state = StateStore::open(&state_dir)?;
-    let db_path = plan.resolve(match &plan.config.target {
-        crate::config::model::ProviderConfig::Sqlite(c) => &c.path,
-        crate::config::model::ProviderConfig::Csv(c) => &c.path,
-    });
+    let db_path = match &plan.config.target {
+        crate::config::model::ProviderConfig::Sqlite(c) => plan.resolve(&c.path),
+        other => anyhow::bail!("simulate drives a sqlite target, not {}", other.kind()),
+    };
     let reader = rusqlite::Connection::open_with_flags(&db_path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     let mut rounds: Vec<Round> = Vec::new();
 
