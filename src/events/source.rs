@@ -73,31 +73,42 @@ impl Source {
         let mut out = Vec::new();
         let mut errors = Vec::new();
         for s in &ev.sources {
-            let secret = match std::env::var(&s.secret_env) {
+            // Kafka sources are consumed by `events::kafka`, not received here.
+            if !s.kind.is_webhook() {
+                continue;
+            }
+            let Some(secret_env) = s.secret_env.as_deref() else {
+                errors.push(format!(
+                    "source `{}`: no `secret_env`; name the variable holding its signing secret",
+                    s.name
+                ));
+                continue;
+            };
+            let secret = match std::env::var(secret_env) {
                 Ok(v) if !v.trim().is_empty() => v,
                 Ok(_) => {
                     errors.push(format!(
                         "source `{}`: environment variable {} (its secret_env) is empty; put the webhook signing secret in it",
-                        s.name, s.secret_env
+                        s.name, secret_env
                     ));
                     continue;
                 }
                 Err(_) => {
                     errors.push(format!(
                         "source `{}`: environment variable {} (its secret_env) is not set; export the webhook signing secret in it before starting serve",
-                        s.name, s.secret_env
+                        s.name, secret_env
                     ));
                     continue;
                 }
             };
             let key = match s.kind {
                 EventSourceKind::Shopify => SecretKey::shopify(&secret),
-                EventSourceKind::Standard => SecretKey::standard(&secret),
+                EventSourceKind::Standard | EventSourceKind::Kafka => SecretKey::standard(&secret),
             };
             let key = match key {
                 Ok(k) => k,
                 Err(e) => {
-                    errors.push(format!("source `{}`: the secret in {} is not usable: {e}", s.name, s.secret_env));
+                    errors.push(format!("source `{}`: the secret in {} is not usable: {e}", s.name, secret_env));
                     continue;
                 }
             };
@@ -119,6 +130,9 @@ impl Source {
     /// Verifies a delivery and turns it into events. `now` is unix seconds.
     pub fn receive(&self, headers: &HeaderMap, body: &[u8], now: i64) -> Result<Received, Rejection> {
         match self.kind {
+            EventSourceKind::Kafka => {
+                Err(Rejection { status: 404, message: "a Kafka source takes no webhooks".into() })
+            }
             EventSourceKind::Standard => {
                 let events = standard::receive(&self.name, &self.key, headers, body, now)?;
                 Ok(Received { events, skipped: vec![], ignored_topic: None })
