@@ -9,6 +9,7 @@
 //!                                                                           └─▶ apply ─▶ state/audit
 //! ```
 
+pub mod admin;
 pub mod artifact;
 pub mod cli;
 pub mod config;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{GlobalArgs, Output, exit};
-use crate::config::model::EventSourceKind;
+use crate::events::kafka::{Consumers, KafkaSource};
 use crate::events::server::{self, ServeOptions};
 use crate::events::source::Source;
 
@@ -33,24 +33,29 @@ pub fn run(args: ServeArgs, g: &GlobalArgs, out: &Output) -> anyhow::Result<u8> 
         anyhow::anyhow!("invalid listen address `{listen_text}`; use host:port with an IP address, e.g. 127.0.0.1:8088")
     })?;
     let sources = Source::load_all(&plan).map_err(|e| anyhow::anyhow!("cannot start serve:\n{e}"))?;
-    if sources.is_empty() {
+    let kafka = KafkaSource::from_plan(&plan);
+    if sources.is_empty() && kafka.is_empty() {
         out.note("warning: the plan lists no events.sources; only /healthz and /metrics are served");
     }
     let queue_path = crate::events::queue_path(&plan, g.state.as_deref())?;
     out.note(&format!("Event queue: {}", queue_path.display()));
     for s in &sources {
-        let kind = match s.kind {
-            EventSourceKind::Shopify => "shopify",
-            EventSourceKind::Standard => "standard",
-        };
-        out.note(&format!("Source `{}` ({kind}): POST /webhooks/{}", s.name, s.name));
+        out.note(&format!("Source `{}` ({}): POST /webhooks/{}", s.name, s.kind.as_str(), s.name));
     }
-    server::run(ServeOptions {
-        listen,
-        queue_path,
-        sources,
-        freeze: plan.config.freeze.clone(),
-        verbose: g.verbose > 0,
-    })?;
+    for k in &kafka {
+        let brokers = k.brokers.join(",");
+        out.note(&format!("Source `{}` (kafka): topic {} on {brokers}, group {}", k.name, k.topic, k.group));
+    }
+    let freeze = plan.config.freeze.clone();
+    let state_dir = plan.state_dir(g.state.as_deref());
+    let admin = crate::admin::mount(plan, state_dir, queue_path.clone(), listen);
+    if let Some(note) = &admin.note {
+        out.note(note);
+    }
+    let consumers = Consumers::start(kafka, &queue_path)?;
+    let served =
+        server::run(ServeOptions { listen, queue_path, sources, freeze, verbose: g.verbose > 0, admin: admin.router });
+    consumers.stop();
+    served?;
     Ok(exit::OK)
 }

@@ -5,6 +5,7 @@
 //! | `POST /webhooks/{source}` | 200 once every event is committed (or was already queued); 400 invalid; 401 bad signature; 404 unknown source; 413 body over 1 MiB; 503 queue unavailable |
 //! | `GET /healthz` | 200 `{"status":"ok","backlog":{...},"freeze":{...}}` |
 //! | `GET /metrics` | Prometheus text format |
+//! | `/admin...` | the admin page, when the plan has `admin:` and its token is set (`crate::admin`) |
 //!
 //! Errors are JSON: `{"error": "what is wrong"}`. Nothing invalid is ever queued: a
 //! delivery is verified and fully parsed before any of its events reaches the queue,
@@ -52,6 +53,8 @@ pub struct ServeOptions {
     pub freeze: Option<FreezeConfig>,
     /// Log every rejected delivery on stderr.
     pub verbose: bool,
+    /// The admin page's routes (`crate::admin::mount`), when it is on.
+    pub admin: Option<Router>,
 }
 
 struct Route {
@@ -101,7 +104,10 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
         backlog: m::backlog_gauge(),
         verbose: opts.verbose,
     });
-    let app = router(state);
+    let app = match opts.admin {
+        Some(admin) => router(state).merge(admin),
+        None => router(state),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
     let served = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(opts.listen)
@@ -113,7 +119,9 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
         let graceful = async move {
             let _ = stop_rx.wait_for(|s| *s).await;
         };
-        let server = axum::serve(listener, app).with_graceful_shutdown(graceful);
+        // The peer address lets the admin page answer loopback clients only.
+        let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(graceful);
         let signal = async {
             shutdown_signal().await;
             eprintln!("Shutting down: finishing the requests in flight...");

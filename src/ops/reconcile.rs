@@ -40,7 +40,7 @@ use crate::ops::plan::PlanError;
 use crate::provider::{self, Provider, Write};
 use crate::render::text::thousands;
 use crate::state::lock::LockInfo;
-use crate::state::{Counts, NewOperation, OpKind, StateError, StateStore};
+use crate::state::{Counts, DriftRow, NewOperation, NewReconcileRun, OpKind, StateError, StateStore};
 
 /// Why reconcile could not run.
 #[derive(Debug, thiserror::Error)]
@@ -469,12 +469,8 @@ pub fn run(plan: &Plan, opts: &ReconcileOptions<'_>) -> Result<Report, Reconcile
     metrics::gauge!(DRIFT_KEYS).set(drifted as f64);
     metrics::gauge!(DRIFT_RATIO).set(drift_ratio);
     metrics::histogram!(RECONCILE_DURATION).record(seconds);
-    // Kept in the state store (when there is one), so `serve`'s /metrics reports them.
-    if let Some(mut st) = StateStore::open_existing(&plan.state_dir(opts.state_dir))? {
-        st.set_gauges(&[("drift_keys", drifted as f64), ("drift_ratio", drift_ratio), ("reconcile_seconds", seconds)])?;
-    }
 
-    Ok(Report {
+    let report = Report {
         plan_name: doc.plan.name,
         config_sha256: doc.plan.config_sha256,
         keys,
@@ -494,7 +490,64 @@ pub fn run(plan: &Plan, opts: &ReconcileOptions<'_>) -> Result<Report, Reconcile
         warnings: diff.warnings,
         notes,
         fix: None,
-    })
+    };
+    // Kept in the state store (when there is one), so `serve`'s /metrics reports the
+    // gauges and its admin page lists the drift.
+    if let Some(mut st) = StateStore::open_existing(&plan.state_dir(opts.state_dir))? {
+        st.set_gauges(&[("drift_keys", drifted as f64), ("drift_ratio", drift_ratio), ("reconcile_seconds", seconds)])?;
+        save(&report, &mut st)?;
+    }
+    Ok(report)
+}
+
+/// Most drifted keys one reconcile keeps in the state store for the admin page;
+/// the run's figures count them all.
+pub const MAX_SAVED_DRIFT: usize = 1_000_000;
+
+/// Records a reconcile in the state store: its figures, its KPIs as shown to
+/// people, and its drifted keys (the first [`MAX_SAVED_DRIFT`]). Returns the run's id.
+pub fn save(report: &Report, state: &mut StateStore) -> Result<i64, StateError> {
+    let kpis: Vec<Value> = report
+        .kpis
+        .iter()
+        .map(|k| {
+            json!({
+                "name": k.name, "label": k.label, "value": show_value(&k.value, k.unit),
+                "threshold": if k.threshold.is_null() { Value::Null } else { json!(show_value(&k.threshold, k.unit)) },
+                "setting": k.setting, "status": k.status.as_str(), "note": k.note,
+            })
+        })
+        .collect();
+    let breaches: Vec<&str> = report.breaches.iter().map(|b| b.message.as_str()).collect();
+    let rows: Vec<DriftRow> = report
+        .drift
+        .iter()
+        .take(MAX_SAVED_DRIFT)
+        .map(|d| DriftRow {
+            sku: d.sku.clone(),
+            location: d.location.clone(),
+            source: d.source,
+            target: d.target,
+            diff: d.diff,
+            cause: d.cause.as_str().to_owned(),
+            bundle: d.bundle,
+            orphan: d.orphan,
+            queued: d.queued,
+            last_written: d.last_written,
+            fixed_by: None,
+        })
+        .collect();
+    let run = NewReconcileRun {
+        plan_name: &report.plan_name,
+        plan_sha256: &report.config_sha256,
+        keys: report.keys,
+        drifted: report.drifted,
+        drift_ratio: report.drift_ratio,
+        seconds: report.seconds,
+        kpis: json!(kpis),
+        breaches: json!(breaches),
+    };
+    state.save_reconcile(&run, &rows)
 }
 
 fn pass_if(ok: bool) -> KpiStatus {
@@ -644,7 +697,7 @@ pub struct FixOptions {
 /// journaled, audited write path of `apply`, as one `fix` operation under the
 /// state lock, within `limits` unless `allow_large`.
 pub fn fix(plan: &Plan, report: &Report, state: &mut StateStore, opts: &FixOptions) -> Result<FixReport, ApplyError> {
-    let mut target = provider::open(&plan.config.target, &plan.dir);
+    let mut target = provider::open(&plan.config.target, &plan.dir)?;
     fix_to(plan, report, state, target.as_mut(), opts)
 }
 

@@ -12,7 +12,9 @@
 //! - `audit`: one row per write *after* it was attempted: key, before, after,
 //!   outcome. Together with `intents` this is what lets a killed apply resume
 //!   with nothing lost or doubled;
-//! - `lock`: at most one row, the operation currently allowed to write.
+//! - `lock`: at most one row, the operation currently allowed to write;
+//! - `reconcile_runs`, `drift`: each reconcile's figures and KPIs, and the drifted
+//!   keys of the last one (what the admin page lists).
 
 pub mod lock;
 
@@ -133,6 +135,8 @@ pub struct AuditRecord {
     /// For a conflict: what the target held instead.
     pub found: Option<i64>,
     pub error: Option<String>,
+    /// Why the operation was made, when it was given one (admin writes).
+    pub reason: Option<String>,
 }
 
 /// A journaled batch of a killed operation without outcomes (see
@@ -262,7 +266,8 @@ CREATE TABLE IF NOT EXISTS operations (
   rolled_back_by TEXT,
   snapshot TEXT,
   snapshot_sha256 TEXT,
-  artifact_path TEXT
+  artifact_path TEXT,
+  reason TEXT
 );
 CREATE INDEX IF NOT EXISTS operations_artifact ON operations (artifact_sha256);
 CREATE TABLE IF NOT EXISTS intents (
@@ -310,6 +315,36 @@ CREATE TABLE IF NOT EXISTS cutover_steps (
   detail TEXT NOT NULL,
   PRIMARY KEY (cutover_id, step)
 );
+CREATE TABLE IF NOT EXISTS reconcile_runs (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  at TEXT NOT NULL,
+  plan_name TEXT NOT NULL,
+  plan_sha256 TEXT NOT NULL,
+  keys INTEGER NOT NULL,
+  drifted INTEGER NOT NULL,
+  drift_ratio REAL NOT NULL,
+  seconds REAL NOT NULL,
+  stored INTEGER NOT NULL,
+  kpis TEXT NOT NULL DEFAULT '[]',
+  breaches TEXT NOT NULL DEFAULT '[]'
+);
+CREATE TABLE IF NOT EXISTS drift (
+  run_id INTEGER NOT NULL,
+  sku TEXT NOT NULL,
+  location TEXT NOT NULL,
+  source INTEGER NOT NULL,
+  target INTEGER,
+  diff INTEGER NOT NULL,
+  abs_diff INTEGER NOT NULL,
+  cause TEXT NOT NULL,
+  bundle INTEGER NOT NULL DEFAULT 0,
+  orphan INTEGER NOT NULL DEFAULT 0,
+  queued INTEGER NOT NULL DEFAULT 0,
+  last_written INTEGER,
+  fixed_by TEXT,
+  PRIMARY KEY (run_id, sku, location)
+);
+CREATE INDEX IF NOT EXISTS drift_abs ON drift (run_id, abs_diff, sku, location);
 CREATE TABLE IF NOT EXISTS lock (
   one INTEGER PRIMARY KEY CHECK (one = 1),
   id TEXT NOT NULL,
@@ -376,6 +411,7 @@ impl StateStore {
             ("operations", "snapshot", "TEXT"),
             ("operations", "snapshot_sha256", "TEXT"),
             ("operations", "artifact_path", "TEXT"),
+            ("operations", "reason", "TEXT"),
         ];
         for (table, column, decl) in added {
             let has: i64 = self
@@ -927,41 +963,324 @@ impl StateStore {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT a.at, a.op_id, o.kind, o.user, o.host, o.command, a.seq, a.sku, a.location, a.before, a.after, a.outcome, a.found, a.error
+                "SELECT a.at, a.op_id, o.kind, o.user, o.host, o.command, a.seq, a.sku, a.location, a.before, a.after, a.outcome, a.found, a.error, o.reason
                  FROM audit a JOIN operations o ON o.id = a.op_id
                  WHERE (?1 IS NULL OR a.sku = ?1) AND (?2 IS NULL OR a.op_id LIKE ?2 || '%')
                  ORDER BY a.id",
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map(params![sku, op_id], |r| {
-                Ok(AuditRecord {
-                    at: r.get(0)?,
-                    op_id: r.get(1)?,
-                    kind: OpKind::parse(&r.get::<_, String>(2)?),
-                    user: r.get(3)?,
-                    host: r.get(4)?,
-                    command: r.get(5)?,
-                    seq: r.get::<_, i64>(6)? as u64,
-                    sku: r.get(7)?,
-                    location: r.get(8)?,
-                    before: r.get(9)?,
-                    after: r.get(10)?,
-                    outcome: r.get(11)?,
-                    found: r.get(12)?,
-                    error: r.get(13)?,
-                })
-            })
+            .query_map(params![sku, op_id], Self::row_to_audit)
             .map_err(|e| self.err(e))?
             .collect::<Result<_, _>>()
             .map_err(|e| self.err(e))?;
         Ok(rows)
     }
 
+    fn row_to_audit(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
+        Ok(AuditRecord {
+            at: r.get(0)?,
+            op_id: r.get(1)?,
+            kind: OpKind::parse(&r.get::<_, String>(2)?),
+            user: r.get(3)?,
+            host: r.get(4)?,
+            command: r.get(5)?,
+            seq: r.get::<_, i64>(6)? as u64,
+            sku: r.get(7)?,
+            location: r.get(8)?,
+            before: r.get(9)?,
+            after: r.get(10)?,
+            outcome: r.get(11)?,
+            found: r.get(12)?,
+            error: r.get(13)?,
+            reason: r.get(14)?,
+        })
+    }
+
     /// The writes an operation made (outcome `applied`), in order.
     pub fn applied_writes(&self, op_id: &str) -> Result<Vec<AuditRecord>, StateError> {
         Ok(self.audit(None, Some(op_id))?.into_iter().filter(|a| a.op_id == op_id && a.outcome == "applied").collect())
     }
+
+    /// The newest `limit` audit records of one operation kind, newest first.
+    pub fn recent_audit(&self, kind: OpKind, limit: u64) -> Result<Vec<AuditRecord>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT a.at, a.op_id, o.kind, o.user, o.host, o.command, a.seq, a.sku, a.location, a.before, a.after, a.outcome, a.found, a.error, o.reason
+                 FROM audit a JOIN operations o ON o.id = a.op_id
+                 WHERE o.kind = ?1 ORDER BY a.id DESC LIMIT ?2",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![kind.as_str(), limit.min(i64::MAX as u64) as i64], Self::row_to_audit)
+            .map_err(|e| self.err(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+
+    /// The newest operation of a kind.
+    pub fn last_operation_of(&self, kind: OpKind) -> Result<Option<Operation>, StateError> {
+        self.conn
+            .query_row(
+                &format!("SELECT {} FROM operations WHERE kind = ?1 ORDER BY serial DESC LIMIT 1", Self::OP_COLS),
+                [kind.as_str()],
+                Self::row_to_op,
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Records why an operation was made (admin writes require a reason).
+    pub fn set_reason(&mut self, op_id: &str, reason: &str) -> Result<(), StateError> {
+        self.conn
+            .execute("UPDATE operations SET reason = ?2 WHERE id = ?1", params![op_id, reason])
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Records a reconcile and its drifted keys (at most `drift.len()`; the caller
+    /// caps them) in one transaction. Only the newest run keeps its drifted keys:
+    /// older runs keep their figures. Returns the run's id.
+    pub fn save_reconcile(&mut self, run: &NewReconcileRun<'_>, drift: &[DriftRow]) -> Result<i64, StateError> {
+        let path = self.path.display().to_string();
+        let fail = |source| StateError::Sqlite { path: path.clone(), source };
+        let tx = self.conn.transaction().map_err(fail)?;
+        tx.execute(
+            "INSERT INTO reconcile_runs (at, plan_name, plan_sha256, keys, drifted, drift_ratio, seconds, stored, kpis, breaches)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                now(),
+                run.plan_name,
+                run.plan_sha256,
+                run.keys.min(i64::MAX as u64) as i64,
+                run.drifted.min(i64::MAX as u64) as i64,
+                run.drift_ratio,
+                run.seconds,
+                drift.len() as i64,
+                run.kpis.to_string(),
+                run.breaches.to_string()
+            ],
+        )
+        .map_err(fail)?;
+        let id = tx.last_insert_rowid();
+        tx.execute("DELETE FROM drift WHERE run_id <> ?1", [id]).map_err(fail)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO drift (run_id, sku, location, source, target, diff, abs_diff, cause, bundle, orphan, queued, last_written)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                )
+                .map_err(fail)?;
+            for d in drift {
+                stmt.execute(params![
+                    id,
+                    d.sku,
+                    d.location,
+                    d.source,
+                    d.target,
+                    d.diff,
+                    d.diff.unsigned_abs().min(i64::MAX as u64) as i64,
+                    d.cause,
+                    d.bundle,
+                    d.orphan,
+                    d.queued,
+                    d.last_written
+                ])
+                .map_err(fail)?;
+            }
+        }
+        tx.commit().map_err(fail)?;
+        Ok(id)
+    }
+
+    /// The newest reconcile run, if any.
+    pub fn last_reconcile(&self) -> Result<Option<ReconcileRun>, StateError> {
+        self.conn
+            .query_row(
+                "SELECT id, at, plan_name, plan_sha256, keys, drifted, drift_ratio, seconds, stored, kpis, breaches
+                 FROM reconcile_runs ORDER BY id DESC LIMIT 1",
+                [],
+                |r| {
+                    Ok(ReconcileRun {
+                        id: r.get(0)?,
+                        at: r.get(1)?,
+                        plan_name: r.get(2)?,
+                        plan_sha256: r.get(3)?,
+                        keys: r.get::<_, i64>(4)?.max(0) as u64,
+                        drifted: r.get::<_, i64>(5)?.max(0) as u64,
+                        drift_ratio: r.get(6)?,
+                        seconds: r.get(7)?,
+                        stored: r.get::<_, i64>(8)?.max(0) as u64,
+                        kpis: serde_json::from_str(&r.get::<_, String>(9)?).unwrap_or_default(),
+                        breaches: serde_json::from_str(&r.get::<_, String>(10)?).unwrap_or_default(),
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// One page of a run's drifted keys, and how many match the search in all.
+    /// `search` matches a substring of the SKU (case-insensitive for ASCII). The
+    /// page is read with LIMIT/OFFSET over an index-ordered query, so memory does
+    /// not grow with the number of keys.
+    pub fn drift_page(&self, q: &DriftQuery<'_>) -> Result<(u64, Vec<DriftRow>), StateError> {
+        let pattern = q.search.filter(|s| !s.is_empty()).map(|s| {
+            let escaped = s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+            format!("%{escaped}%")
+        });
+        let filter = "run_id = ?1 AND (?2 IS NULL OR sku LIKE ?2 ESCAPE '\\')";
+        let total: i64 = self
+            .conn
+            .query_row(&format!("SELECT count(*) FROM drift WHERE {filter}"), params![q.run_id, pattern], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        let dir = if q.descending { "DESC" } else { "ASC" };
+        let order = match q.sort {
+            DriftSort::Sku => format!("sku {dir}, location {dir}"),
+            DriftSort::Location => format!("location {dir}, sku {dir}"),
+            DriftSort::Source => format!("source {dir}, sku, location"),
+            DriftSort::Target => format!("target {dir}, sku, location"),
+            DriftSort::Diff => format!("diff {dir}, sku, location"),
+            DriftSort::AbsDiff => format!("abs_diff {dir}, sku {dir}, location {dir}"),
+            DriftSort::Cause => format!("cause {dir}, sku, location"),
+        };
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {DRIFT_COLS} FROM drift WHERE {filter} ORDER BY {order} LIMIT ?3 OFFSET ?4"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(
+                params![q.run_id, pattern, q.limit.min(i64::MAX as u64) as i64, q.offset.min(i64::MAX as u64) as i64],
+                row_to_drift,
+            )
+            .map_err(|e| self.err(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok((total.max(0) as u64, rows))
+    }
+
+    /// One drifted key of a run.
+    pub fn drift_row(&self, run_id: i64, sku: &str, location: &str) -> Result<Option<DriftRow>, StateError> {
+        self.conn
+            .query_row(
+                &format!("SELECT {DRIFT_COLS} FROM drift WHERE run_id = ?1 AND sku = ?2 AND location = ?3"),
+                params![run_id, sku, location],
+                row_to_drift,
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Notes that a drifted key was fixed by an operation (the admin page's fix).
+    pub fn mark_drift_fixed(&mut self, run_id: i64, sku: &str, location: &str, op_id: &str) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "UPDATE drift SET fixed_by = ?4 WHERE run_id = ?1 AND sku = ?2 AND location = ?3",
+                params![run_id, sku, location, op_id],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+}
+
+const DRIFT_COLS: &str = "sku, location, source, target, diff, cause, bundle, orphan, queued, last_written, fixed_by";
+
+fn row_to_drift(r: &rusqlite::Row<'_>) -> rusqlite::Result<DriftRow> {
+    Ok(DriftRow {
+        sku: r.get(0)?,
+        location: r.get(1)?,
+        source: r.get(2)?,
+        target: r.get(3)?,
+        diff: r.get(4)?,
+        cause: r.get(5)?,
+        bundle: r.get(6)?,
+        orphan: r.get(7)?,
+        queued: r.get(8)?,
+        last_written: r.get(9)?,
+        fixed_by: r.get(10)?,
+    })
+}
+
+/// A reconcile to record (see [`StateStore::save_reconcile`]).
+#[derive(Debug, Clone)]
+pub struct NewReconcileRun<'a> {
+    pub plan_name: &'a str,
+    pub plan_sha256: &'a str,
+    pub keys: u64,
+    pub drifted: u64,
+    pub drift_ratio: f64,
+    pub seconds: f64,
+    /// The KPIs as shown to people: `[{"name","label","value","threshold","status","note"}]`.
+    pub kpis: serde_json::Value,
+    /// The breach messages: `["drift ratio 1.00% is over ..."]`.
+    pub breaches: serde_json::Value,
+}
+
+/// A recorded reconcile.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReconcileRun {
+    pub id: i64,
+    pub at: String,
+    pub plan_name: String,
+    pub plan_sha256: String,
+    pub keys: u64,
+    pub drifted: u64,
+    pub drift_ratio: f64,
+    pub seconds: f64,
+    /// Drifted keys kept in the `drift` table (fewer than `drifted` when capped).
+    pub stored: u64,
+    pub kpis: serde_json::Value,
+    pub breaches: serde_json::Value,
+}
+
+/// One drifted key as recorded by a reconcile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DriftRow {
+    pub sku: String,
+    pub location: String,
+    /// The mapped source's quantity.
+    pub source: i64,
+    /// The target's quantity as read; `None` when absent.
+    pub target: Option<i64>,
+    /// `source - target` (absent counts as 0).
+    pub diff: i64,
+    /// `target_changed`, `source_moved`, `never_written`.
+    pub cause: String,
+    pub bundle: bool,
+    pub orphan: bool,
+    pub queued: bool,
+    pub last_written: Option<i64>,
+    /// The operation that fixed the key since (admin page), if any.
+    pub fixed_by: Option<String>,
+}
+
+/// How to order drifted keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriftSort {
+    Sku,
+    Location,
+    Source,
+    Target,
+    Diff,
+    /// |diff|, the default (largest first when descending).
+    AbsDiff,
+    Cause,
+}
+
+/// A page of drifted keys to read.
+#[derive(Debug, Clone, Copy)]
+pub struct DriftQuery<'a> {
+    pub run_id: i64,
+    /// A substring of the SKU.
+    pub search: Option<&'a str>,
+    pub sort: DriftSort,
+    pub descending: bool,
+    pub offset: u64,
+    pub limit: u64,
 }
 
 #[cfg(test)]
@@ -982,6 +1301,80 @@ mod tests {
         drop(c);
         let e = StateStore::open(dir.path()).err().expect("refused").to_string();
         assert!(e.contains("newer stockshift"), "{e}");
+    }
+
+    #[test]
+    fn an_older_operations_table_gains_the_reason_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Connection::open(dir.path().join("state.db")).unwrap();
+        c.execute_batch(&SCHEMA.replace("  artifact_path TEXT,\n  reason TEXT\n", "  artifact_path TEXT\n")).unwrap();
+        drop(c);
+        let mut s = StateStore::open(dir.path()).unwrap();
+        let new = NewOperation { plan_name: "p", plan_sha256: "a", artifact_sha256: "b", writes: 1, rollback_of: None };
+        let op = s.begin(OpKind::Admin, &new, &Actor::current("admin")).unwrap();
+        s.set_reason(&op.id, "shelf count").unwrap();
+        let rec =
+            WriteRecord { seq: 0, sku: "A", location: "W", before: Some(1), after: 2, outcome: &WriteOutcome::Applied };
+        s.record(&op.id, &[rec]).unwrap();
+        let a = &s.audit(Some("A"), None).unwrap()[0];
+        assert_eq!((a.kind, a.reason.as_deref(), a.command.as_str()), (OpKind::Admin, Some("shelf count"), "admin"));
+        assert_eq!(s.recent_audit(OpKind::Admin, 5).unwrap().len(), 1);
+        assert_eq!(s.last_operation_of(OpKind::Admin).unwrap().unwrap().id, op.id);
+        assert!(s.last_operation_of(OpKind::Apply).unwrap().is_none());
+    }
+
+    #[test]
+    fn only_the_newest_reconcile_keeps_its_drift_and_pages_read_it_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = StateStore::open(dir.path()).unwrap();
+        let row = |sku: &str, diff: i64| DriftRow {
+            sku: sku.into(),
+            location: "W".into(),
+            source: diff,
+            target: Some(0),
+            diff,
+            cause: "never_written".into(),
+            bundle: false,
+            orphan: false,
+            queued: false,
+            last_written: None,
+            fixed_by: None,
+        };
+        let run = |drifted| NewReconcileRun {
+            plan_name: "p",
+            plan_sha256: "a",
+            keys: 10,
+            drifted,
+            drift_ratio: drifted as f64 / 10.0,
+            seconds: 0.1,
+            kpis: serde_json::json!([]),
+            breaches: serde_json::json!([]),
+        };
+        let first = s.save_reconcile(&run(1), &[row("OLD", 1)]).unwrap();
+        let rows = [row("A-1", 5), row("A_2", -9), row("B%3", 2), row("C", 0)];
+        let id = s.save_reconcile(&run(4), &rows).unwrap();
+        assert!(id > first);
+        let last = s.last_reconcile().unwrap().unwrap();
+        assert_eq!((last.id, last.drifted, last.stored), (id, 4, 4));
+        assert!(s.drift_row(first, "OLD", "W").unwrap().is_none(), "older runs keep no keys");
+        let q =
+            DriftQuery { run_id: id, search: None, sort: DriftSort::AbsDiff, descending: true, offset: 0, limit: 2 };
+        let (total, page) = s.drift_page(&q).unwrap();
+        assert_eq!(total, 4);
+        assert_eq!(page.iter().map(|r| r.sku.as_str()).collect::<Vec<_>>(), ["A_2", "A-1"]);
+        let (_, page) = s.drift_page(&DriftQuery { offset: 2, ..q }).unwrap();
+        assert_eq!(page.iter().map(|r| r.sku.as_str()).collect::<Vec<_>>(), ["B%3", "C"]);
+        // LIKE wildcards in the search are literal; the search ignores ASCII case.
+        let find = |text| {
+            let (n, rows) =
+                s.drift_page(&DriftQuery { search: Some(text), sort: DriftSort::Sku, descending: false, ..q }).unwrap();
+            (n, rows.into_iter().map(|r| r.sku).collect::<Vec<_>>())
+        };
+        assert_eq!(find("_"), (1, vec!["A_2".to_string()]));
+        assert_eq!(find("%"), (1, vec!["B%3".to_string()]));
+        assert_eq!(find("a"), (2, vec!["A-1".to_string(), "A_2".to_string()]));
+        s.mark_drift_fixed(id, "C", "W", "op-1").unwrap();
+        assert_eq!(s.drift_row(id, "C", "W").unwrap().unwrap().fixed_by.as_deref(), Some("op-1"));
     }
 
     #[test]
