@@ -120,25 +120,34 @@ pub trait Provider {
     /// Current quantities of some keys (`None`: absent). The default reads the
     /// whole snapshot; providers with point reads override it.
     fn read_keys(&mut self, keys: &[(String, String)]) -> Result<Vec<Option<i64>>, ProviderError> {
-        struct Pick<'a> {
-            want: std::collections::HashMap<(&'a str, &'a str), usize>,
-            out: Vec<Option<i64>>,
-        }
-        impl RowSink for Pick<'_> {
-            fn row(&mut self, sku: &str, location: &str, qty: i64, _line: u64) {
-                if let Some(&i) = self.want.get(&(sku, location)) {
-                    self.out[i] = Some(qty);
-                }
-            }
-            fn problem(&mut self, _: u64, _: usize, _: String, _: String) {}
-        }
-        let mut pick = Pick {
-            want: keys.iter().enumerate().map(|(i, (s, l))| ((s.as_str(), l.as_str()), i)).collect(),
-            out: vec![None; keys.len()],
-        };
-        self.read(&mut pick)?;
-        Ok(pick.out)
+        read_keys_by_scan(keys, |sink| self.read(sink))
     }
+}
+
+/// Current quantities of `keys` (`None`: absent) picked out of one whole read
+/// (`read` streams every row into the sink it is given).
+pub fn read_keys_by_scan(
+    keys: &[(String, String)],
+    read: impl FnOnce(&mut dyn RowSink) -> Result<ReadInfo, ProviderError>,
+) -> Result<Vec<Option<i64>>, ProviderError> {
+    struct Pick<'a> {
+        want: std::collections::HashMap<(&'a str, &'a str), usize>,
+        out: Vec<Option<i64>>,
+    }
+    impl RowSink for Pick<'_> {
+        fn row(&mut self, sku: &str, location: &str, qty: i64, _line: u64) {
+            if let Some(&i) = self.want.get(&(sku, location)) {
+                self.out[i] = Some(qty);
+            }
+        }
+        fn problem(&mut self, _: u64, _: usize, _: String, _: String) {}
+    }
+    let mut pick = Pick {
+        want: keys.iter().enumerate().map(|(i, (s, l))| ((s.as_str(), l.as_str()), i)).collect(),
+        out: vec![None; keys.len()],
+    };
+    read(&mut pick)?;
+    Ok(pick.out)
 }
 
 /// Opens the provider a plan names. Paths resolve against `base` (the plan's folder).

@@ -231,26 +231,9 @@ impl Provider for ShopifyProvider {
     }
 }
 
-/// `read_keys` for many keys: one whole read, keeping the wanted ones.
+/// A whole read, keeping the wanted keys.
 fn read_all_keys(p: &mut ShopifyProvider, keys: &[(String, String)]) -> Result<Vec<Option<i64>>, ProviderError> {
-    struct Pick<'a> {
-        want: std::collections::HashMap<(&'a str, &'a str), usize>,
-        out: Vec<Option<i64>>,
-    }
-    impl RowSink for Pick<'_> {
-        fn row(&mut self, sku: &str, location: &str, qty: i64, _line: u64) {
-            if let Some(&i) = self.want.get(&(sku, location)) {
-                self.out[i] = Some(qty);
-            }
-        }
-        fn problem(&mut self, _: u64, _: usize, _: String, _: String) {}
-    }
-    let mut pick = Pick {
-        want: keys.iter().enumerate().map(|(i, (s, l))| ((s.as_str(), l.as_str()), i)).collect(),
-        out: vec![None; keys.len()],
-    };
-    p.read(&mut pick)?;
-    Ok(pick.out)
+    super::read_keys_by_scan(keys, |sink| p.read(sink))
 }
 
 #[cfg(test)]
