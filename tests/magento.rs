@@ -243,6 +243,44 @@ fn the_cli_plans_and_applies_against_the_fake() {
 }
 
 #[test]
+fn reconcile_reports_where_salable_and_source_quantities_differ() {
+    let fake = Magento::start(TOKEN, &["eu", "us"]);
+    {
+        let mut s = fake.store();
+        s.stocks.insert(1, vec!["eu".into(), "us".into()]);
+    }
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("src.csv"), "sku,location,qty\nTEE-S,WH-EU,4\nMUG,WH-US,2\n").unwrap();
+    std::fs::write(
+        d.path().join("plan.yaml"),
+        format!(
+            "version: 1\nname: m\nsource: {{ provider: csv, path: src.csv }}\ntarget: {{ provider: magento, base_url: \"{}\", token_env: MAGENTO_TEST_TOKEN, source_codes: {{ eu: WH-EU, us: WH-US }}, stock_id: 1 }}\n",
+            fake.base_url()
+        ),
+    )
+    .unwrap();
+    let cli = |args: &[&str]| run(stockshift().current_dir(d.path()).env("MAGENTO_TEST_TOKEN", TOKEN).args(args));
+    let (code, out, err) = cli(&["apply", "plan.yaml", "--auto-approve"]);
+    assert_eq!(code, 0, "{out}{err}");
+    // No drift, no reservations: the written SKUs are checked and match.
+    let (code, out, err) = cli(&["reconcile", "plan.yaml", "--format", "json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v.get("salable_gaps").is_none(), "{v:#}");
+    assert!(v["notes"].to_string().contains("equals the source quantity (2 SKU(s) checked)"), "{v:#}");
+    // An open order reserves one mug: the source quantity is still right, shoppers see 1.
+    fake.store().reservations.insert("MUG".into(), -1.0);
+    let (code, out, err) = cli(&["reconcile", "plan.yaml", "--format", "json"]);
+    assert_eq!(code, 0, "no drift, so no breach: {out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["drifted"], 0);
+    assert_eq!(v["salable_gaps"], serde_json::json!([{"sku": "MUG", "source_qty": 2, "salable_qty": 1.0}]));
+    assert!(v["notes"].to_string().contains("MUG: source 2, salable 1"), "{v:#}");
+    let (_, human, _) = cli(&["reconcile", "plan.yaml"]);
+    assert!(human.contains("salable quantity differs") || human.contains("MUG: source 2"), "{human}");
+}
+
+#[test]
 fn the_example_plan_validates_with_its_token_set() {
     let (code, out, err) =
         run(stockshift().env("MAGENTO_TOKEN", "x").arg("validate").arg(root().join("plans/magento.yaml")));

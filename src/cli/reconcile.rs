@@ -482,6 +482,7 @@ mod tests {
             seconds_per_key: None,
             warnings: vec!["w".repeat(10_000); 100],
             notes: vec![],
+            salable_gaps: vec![],
             fix: None,
         }
     }

@@ -245,6 +245,9 @@ pub struct Report {
     pub seconds_per_key: Option<f64>,
     pub warnings: Vec<String>,
     pub notes: Vec<String>,
+    /// Magento targets with `stock_id`: SKUs whose salable quantity differs from
+    /// their source quantity (reservations of open orders, other sources).
+    pub salable_gaps: Vec<crate::provider::magento::SalableGap>,
     pub fix: Option<FixReport>,
 }
 
@@ -470,7 +473,7 @@ pub fn run(plan: &Plan, opts: &ReconcileOptions<'_>) -> Result<Report, Reconcile
     metrics::gauge!(DRIFT_RATIO).set(drift_ratio);
     metrics::histogram!(RECONCILE_DURATION).record(seconds);
 
-    let report = Report {
+    let mut report = Report {
         plan_name: doc.plan.name,
         config_sha256: doc.plan.config_sha256,
         keys,
@@ -489,8 +492,10 @@ pub fn run(plan: &Plan, opts: &ReconcileOptions<'_>) -> Result<Report, Reconcile
         seconds_per_key,
         warnings: diff.warnings,
         notes,
+        salable_gaps: vec![],
         fix: None,
     };
+    salable(plan, &mut report, state.as_ref());
     // Kept in the state store (when there is one), so `serve`'s /metrics reports the
     // gauges and its admin page lists the drift.
     if let Some(mut st) = StateStore::open_existing(&plan.state_dir(opts.state_dir))? {
@@ -548,6 +553,60 @@ pub fn save(report: &Report, state: &mut StateStore) -> Result<i64, StateError> 
         breaches: json!(breaches),
     };
     state.save_reconcile(&run, &rows)
+}
+
+/// Most SKUs whose salable quantity one reconcile asks Magento for (one request each).
+const MAX_SALABLE_SKUS: usize = 200;
+
+/// For a Magento target with `stock_id`: compares salable and source quantities of
+/// the drifted SKUs and those the last apply wrote, and says where they differ.
+/// The platform being unreachable here is a warning, not a failed reconcile.
+fn salable(plan: &Plan, report: &mut Report, state: Option<&StateStore>) {
+    let crate::config::model::ProviderConfig::Magento(cfg) = &plan.config.target else { return };
+    if cfg.stock_id.is_none() {
+        return;
+    }
+    let mut skus: Vec<String> = report.drift.iter().map(|d| d.sku.clone()).collect();
+    if let Some(st) = state
+        && let Ok(Some(op)) = st.last_operation_of(OpKind::Apply)
+        && let Ok(writes) = st.applied_writes(&op.id)
+    {
+        skus.extend(writes.into_iter().map(|w| w.sku));
+    }
+    skus.sort();
+    skus.dedup();
+    let total = skus.len();
+    skus.truncate(MAX_SALABLE_SKUS);
+    if skus.is_empty() {
+        return;
+    }
+    let gaps = crate::provider::magento::MagentoProvider::from_config(cfg).and_then(|mut p| p.salable_gaps(&skus));
+    match gaps {
+        Err(e) => report.warnings.push(format!("Could not compare Magento salable quantities: {e}")),
+        Ok(gaps) => {
+            let checked = if total > skus.len() {
+                format!("{} of {total} SKUs checked", skus.len())
+            } else {
+                format!("{total} SKU(s) checked")
+            };
+            if gaps.is_empty() {
+                report.notes.push(format!("Magento salable quantity equals the source quantity ({checked})."));
+            } else {
+                let shown: Vec<String> = gaps
+                    .iter()
+                    .take(10)
+                    .map(|g| format!("{}: source {}, salable {}", g.sku, g.source_qty, g.salable_qty))
+                    .collect();
+                report.notes.push(format!(
+                    "Magento salable quantity differs from the source quantity for {} SKU(s) ({checked}): {}{}. Reservations of open orders (or sources outside the plan) make shoppers see the salable figure.",
+                    gaps.len(),
+                    shown.join("; "),
+                    if gaps.len() > 10 { "; ..." } else { "" }
+                ));
+            }
+            report.salable_gaps = gaps;
+        }
+    }
 }
 
 fn pass_if(ok: bool) -> KpiStatus {
@@ -804,6 +863,9 @@ impl Report {
         m.insert("plan".into(), json!({"name": self.plan_name, "config_sha256": self.config_sha256}));
         m.insert("warnings".into(), json!(self.warnings));
         m.insert("notes".into(), json!(self.notes));
+        if !self.salable_gaps.is_empty() {
+            m.insert("salable_gaps".into(), json!(self.salable_gaps));
+        }
         if let Some(f) = &self.fix {
             m.insert("fix".into(), json!(f));
         }

@@ -41,7 +41,7 @@ pub struct MagentoProvider {
 }
 
 /// A SKU whose salable quantity differs from the sum of its source quantities.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct SalableGap {
     pub sku: String,
     /// Sum of the SKU's quantities over the plan's sources.
