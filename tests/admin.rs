@@ -536,6 +536,12 @@ fn a_fix_is_compare_and_set_against_the_value_shown_and_audited_as_an_admin_writ
     assert_eq!((a["before"].as_i64(), a["after"].as_i64(), a["outcome"].as_str()), (Some(6), Some(7), Some("applied")));
     assert_eq!(a["reason"], "shelf count, ticket OPS-1");
     assert!(location.ends_with(a["op_id"].as_str().unwrap()), "{location}");
+    // The human audit shows the reason too.
+    let (code, human, err) =
+        run(stockshift().arg("--state").arg(fx.state()).args(["audit"]).arg(fx.plan()).args(["--sku", "NEW-1"]));
+    assert_eq!(code, 0, "{err}");
+    let line = human.lines().find(|l| l.contains("applied")).unwrap_or_default();
+    assert!(line.contains("admin") && line.ends_with("reason: shelf count, ticket OPS-1"), "{human}");
     let page = srv.get(&location);
     assert_eq!(page.status, 200);
     assert!(page.body.contains("id=\"done\""), "{}", page.body);

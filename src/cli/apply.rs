@@ -355,7 +355,7 @@ pub fn run_audit(args: AuditArgs, g: &GlobalArgs, out: &Output) -> anyhow::Resul
     let mut s = String::new();
     for r in &records {
         s.push_str(&format!(
-            "{}  {:<8} {}  {}@{}  {} {}  {} -> {}  {}{}\n",
+            "{}  {:<8} {}  {}@{}  {} {}  {} -> {}  {}{}{}\n",
             r.at,
             r.kind.as_str(),
             &r.op_id[..8.min(r.op_id.len())],
@@ -366,7 +366,9 @@ pub fn run_audit(args: AuditArgs, g: &GlobalArgs, out: &Output) -> anyhow::Resul
             show(r.before),
             r.after,
             r.outcome,
-            r.found.map(|f| format!(" (found {f})")).unwrap_or_default()
+            r.found.map(|f| format!(" (found {f})")).unwrap_or_default(),
+            // Admin fixes carry the operator's reason; show it where the write is.
+            r.reason.as_deref().map(|why| format!("  reason: {why}")).unwrap_or_default()
         ));
     }
     s.push_str(&format!("{} record(s).\n", records.len()));
