@@ -161,6 +161,20 @@ impl Mapping {
         }
     }
 
+    /// Steps 1 and 2 for one source key: the target key it lands on, or `None`
+    /// when it is skipped or unmapped (the factor is not applied).
+    pub fn target_key(&self, sku: &str, loc: &str) -> Option<(String, String)> {
+        let sku = match self.sku(sku) {
+            SkuRule::Renamed { new, .. } => new.to_string(),
+            SkuRule::Passthrough => sku.to_string(),
+            SkuRule::Skip | SkuRule::Error => return None,
+        };
+        match self.location(loc) {
+            LocationRule::To(l) => Some((sku, l.to_string())),
+            LocationRule::Skip | LocationRule::Error => None,
+        }
+    }
+
     /// The policy for unmapped locations; `error` is the default once a map is given.
     pub fn unmapped_location_policy(&self) -> UnmappedPolicy {
         self.unmapped_locations

@@ -246,7 +246,7 @@ pub(crate) fn queued_for(
         let e = &q.event;
         let mapped = match side_of.get(e.source.as_str()).copied().unwrap_or_default() {
             EventSide::Target => Some((e.sku.clone(), e.location.clone())),
-            EventSide::Source => map_key(m, &e.sku, &e.location),
+            EventSide::Source => m.target_key(&e.sku, &e.location),
         };
         if mapped.is_some_and(|(s, l)| l == location && keys.contains(&s.as_str())) {
             out.push(view(&q));
@@ -270,18 +270,5 @@ fn view(q: &QueuedEvent) -> QueuedView {
         sequence: e.sequence,
         occurred_at: e.occurred_at.to_string(),
         received_at: q.received_at.to_string(),
-    }
-}
-
-/// Steps 1 and 2 for one source key; `None` when it maps nowhere.
-fn map_key(m: &Mapping, sku: &str, loc: &str) -> Option<(String, String)> {
-    let sku = match m.sku(sku) {
-        SkuRule::Renamed { new, .. } => new.to_string(),
-        SkuRule::Passthrough => sku.to_string(),
-        SkuRule::Skip | SkuRule::Error => return None,
-    };
-    match m.location(loc) {
-        LocationRule::To(l) => Some((sku, l.to_string())),
-        LocationRule::Skip | LocationRule::Error => None,
     }
 }

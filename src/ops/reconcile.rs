@@ -34,7 +34,6 @@ use crate::config::check::Plan;
 use crate::config::model::EventSide;
 use crate::events::metrics::{DRIFT_KEYS, DRIFT_RATIO, RECONCILE_DURATION};
 use crate::events::queue::{Queue, Status};
-use crate::mapping::{LocationRule, Mapping, SkuRule};
 use crate::ops::apply::{ApplyError, ApplyOptions, Conflict, Failure, execute};
 use crate::ops::plan::PlanError;
 use crate::provider::{self, Provider, Write};
@@ -713,7 +712,7 @@ fn read_queue(plan: &Plan, state_dir: Option<&Path>, keys: bool) -> anyhow::Resu
             let e = &q.event;
             let target = match side_of.get(e.source.as_str()).copied().unwrap_or_default() {
                 EventSide::Target => Some((e.sku.clone(), e.location.clone())),
-                EventSide::Source => map_key(m, &e.sku, &e.location),
+                EventSide::Source => m.target_key(&e.sku, &e.location),
             };
             if let Some((sku, loc)) = target {
                 for &(b, _) in m.component_of(&sku) {
@@ -724,19 +723,6 @@ fn read_queue(plan: &Plan, state_dir: Option<&Path>, keys: bool) -> anyhow::Resu
         }
     }
     Ok(Some(QueueFigures { counts, queued_keys }))
-}
-
-/// SPEC section 2 steps 1 and 2 for one source key; `None` when it maps nowhere.
-fn map_key(m: &Mapping, sku: &str, loc: &str) -> Option<(String, String)> {
-    let sku = match m.sku(sku) {
-        SkuRule::Renamed { new, .. } => new.to_string(),
-        SkuRule::Passthrough => sku.to_string(),
-        SkuRule::Skip | SkuRule::Error => return None,
-    };
-    match m.location(loc) {
-        LocationRule::To(l) => Some((sku, l.to_string())),
-        LocationRule::Skip | LocationRule::Error => None,
-    }
 }
 
 /// How to fix.
