@@ -2,12 +2,12 @@
 //! with a tiny HTTP/1.1 client over `std::net::TcpStream`.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -73,21 +73,10 @@ impl Server {
             cmd.env(k, v);
         }
         let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start serve");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
-        let pipe = child.stderr.take().unwrap();
-        let log = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("Listening on http://") {
-                    let _ = tx.send(addr.trim().to_owned());
-                }
-                log.lock().unwrap().push_str(&format!("{line}\n"));
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(a) => a,
-            Err(_) => {
+        let (addr, stderr) = crate::util::serve_address(&mut child);
+        let addr = match addr {
+            Some(a) => a,
+            None => {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!("serve did not print its address; stderr:\n{}", stderr.lock().unwrap());

@@ -14,7 +14,7 @@
 //! the test process itself dies.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -370,19 +370,8 @@ impl Serve {
             .spawn()
             .expect("start serve");
         tracked.add(child.id());
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let pipe = child.stderr.take().unwrap();
-        let log = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("Listening on http://") {
-                    let _ = tx.send(addr.trim().to_owned());
-                }
-                log.lock().unwrap().push_str(&format!("{line}\n"));
-            }
-        });
-        let Ok(addr) = rx.recv_timeout(Duration::from_secs(30)) else {
+        let (addr, stderr) = crate::util::serve_address(&mut child);
+        let Some(addr) = addr else {
             kill9(&mut child);
             panic!("serve did not start; stderr:\n{}", stderr.lock().unwrap());
         };

@@ -83,3 +83,23 @@ pub fn qty(db: &Path, sku: &str, loc: &str) -> Option<i64> {
     let c = rusqlite::Connection::open(db).unwrap();
     c.query_row("SELECT qty FROM inventory WHERE sku = ?1 AND location = ?2", [sku, loc], |r| r.get(0)).ok()
 }
+
+/// Waits for a spawned `stockshift serve` (stderr piped) to print its address.
+/// Returns the address and its stderr so far, kept up to date by a reader thread;
+/// `None` when it printed none within 30 s (the caller kills it and reports).
+pub fn serve_address(child: &mut std::process::Child) -> (Option<String>, std::sync::Arc<std::sync::Mutex<String>>) {
+    use std::io::BufRead;
+    let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pipe = child.stderr.take().expect("serve's stderr is piped");
+    let log = stderr.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("Listening on http://") {
+                let _ = tx.send(addr.trim().to_owned());
+            }
+            log.lock().unwrap().push_str(&format!("{line}\n"));
+        }
+    });
+    (rx.recv_timeout(std::time::Duration::from_secs(30)).ok(), stderr)
+}
