@@ -716,8 +716,7 @@ fn skus_in(body: &str) -> Vec<String> {
 
 #[test]
 fn a_browser_signs_in_finds_a_drifted_key_fixes_it_and_sees_the_audit_entry() {
-    let Some(chromium) = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().find(|p| Path::new(p).exists())
-    else {
+    let Some(chromium) = crate::util::chromium() else {
         eprintln!("note: Chromium is not installed (/usr/bin/chromium); the admin page was not driven in a browser");
         return;
     };
@@ -793,19 +792,8 @@ struct Browser {
 
 impl Browser {
     fn start(chromium: &str, profile: &Path) -> Browser {
-        let mut child = std::process::Command::new(chromium)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                "--remote-debugging-port=0",
-                "--window-size=1280,900",
-            ])
-            .arg(format!("--user-data-dir={}", profile.display()))
+        let mut child = crate::util::headless_chromium(chromium, profile, 1280, 900)
+            .arg("--remote-debugging-port=0")
             .arg("about:blank")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -319,25 +319,13 @@ fn the_report_is_a_self_contained_page() {
 
 /// Renders the page in headless Chromium when it is installed (CI may not have it).
 fn render_in_chromium(page: &Path, tmp: &Path) {
-    let Some(chromium) = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().find(|p| Path::new(p).exists())
-    else {
+    let Some(chromium) = crate::util::chromium() else {
         eprintln!("note: Chromium is not installed (/usr/bin/chromium); the report was not rendered in a browser");
         return;
     };
     let shot = tmp.join("shot.png");
     let profile = tmp.join("chromium-profile");
-    let mut child = std::process::Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--window-size=1440,2400",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
+    let mut child = crate::util::headless_chromium(chromium, &profile, 1440, 2400)
         .arg(format!("--screenshot={}", shot.display()))
         .arg(format!("file://{}", page.display()))
         .stdout(std::process::Stdio::null())

@@ -103,3 +103,26 @@ pub fn serve_address(child: &mut std::process::Child) -> (Option<String>, std::s
     });
     (rx.recv_timeout(std::time::Duration::from_secs(30)).ok(), stderr)
 }
+
+/// Debian's Chromium, when installed (tests that need it print a note and skip otherwise).
+pub fn chromium() -> Option<&'static str> {
+    ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().find(|p| Path::new(p).exists())
+}
+
+/// Headless Chromium with a throwaway profile, quiet (no sync, updates or first-run
+/// pages) and sized `width`x`height`; the caller adds what to load.
+pub fn headless_chromium(chromium: &str, profile: &Path, width: u32, height: u32) -> Command {
+    let mut c = Command::new(chromium);
+    c.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+    ])
+    .arg(format!("--window-size={width},{height}"))
+    .arg(format!("--user-data-dir={}", profile.display()));
+    c
+}
