@@ -13,6 +13,7 @@ pub mod admin;
 pub mod artifact;
 pub mod cli;
 pub mod config;
+pub mod db;
 pub mod diag;
 pub mod diff;
 pub mod events;

@@ -1,12 +1,14 @@
 //! `apply`, resume after SIGKILL, conflicts, stale plans, locks, blast radius,
-//! audit and rollback, against real SQLite files and the real binary.
+//! audit and rollback, against real SQLite targets and the real binary, with the
+//! state in SQLite and in PostgreSQL (`tests/backend.rs`).
 
 use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::{Connection, params};
 
-use crate::util::{demo_copy, qty, run, stockshift, target_rows};
+use crate::backend::{Backend, Ctx, both_backends};
+use crate::util::{qty, run, target_rows};
 
 fn set_qty(db: &Path, sku: &str, loc: &str, qty: i64) {
     let c = Connection::open(db).unwrap();
@@ -16,140 +18,141 @@ fn set_qty(db: &Path, sku: &str, loc: &str, qty: i64) {
     );
 }
 
-fn plan_out(dir: &Path, out: &str) {
-    let (code, _, stderr) = run(stockshift().current_dir(dir).args(["plan", "demo.yaml", "--out", out]));
+fn plan_out(cx: &Ctx, dir: &Path, out: &str) {
+    let (code, _, stderr) = run(cx.stockshift().current_dir(dir).args(["plan", "demo.yaml", "--out", out]));
     assert_eq!(code, 0, "{stderr}");
 }
 
-#[test]
-fn apply_saved_plan_then_plan_shows_no_changes_and_rerun_is_a_noop() {
-    let (dir, _) = demo_copy();
-    plan_out(dir.path(), "d.plan.json");
-    let (code, stdout, stderr) = run(stockshift().current_dir(dir.path()).args(["apply", "d.plan.json"]));
+fn apply_saved_plan_then_plan_shows_no_changes_and_rerun_is_a_noop(b: Backend) {
+    let Some(cx) = Ctx::new(b) else { return };
+    let (dir, _) = cx.demo_copy();
+    plan_out(&cx, dir.path(), "d.plan.json");
+    let (code, stdout, stderr) = run(cx.stockshift().current_dir(dir.path()).args(["apply", "d.plan.json"]));
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(stdout, "Apply complete: 9 applied, 0 already applied, 0 conflicts, 0 failed.\n");
     let (code, stdout, _) =
-        run(stockshift().current_dir(dir.path()).args(["plan", "demo.yaml", "--detailed-exitcode"]));
+        run(cx.stockshift().current_dir(dir.path()).args(["plan", "demo.yaml", "--detailed-exitcode"]));
     assert_eq!(code, 0, "{stdout}");
     // Running the same apply again: a no-op that succeeds, everything already applied.
-    let (code, stdout, stderr) = run(stockshift().current_dir(dir.path()).args(["apply", "d.plan.json"]));
+    let (code, stdout, stderr) = run(cx.stockshift().current_dir(dir.path()).args(["apply", "d.plan.json"]));
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(stdout, "Apply complete: 0 applied, 9 already applied, 0 conflicts, 0 failed.\n");
     assert!(stderr.contains("already applied as operation"), "{stderr}");
     assert_eq!(qty(&dir.path().join("demo/target.db"), "EACH-1", "loc-1"), Some(36));
 }
 
-#[test]
-fn apply_plan_file_needs_approval_without_a_tty() {
-    let (dir, _) = demo_copy();
-    let (code, _, stderr) = run(stockshift().current_dir(dir.path()).args(["apply", "demo.yaml"]));
+fn apply_plan_file_needs_approval_without_a_tty(b: Backend) {
+    let Some(cx) = Ctx::new(b) else { return };
+    let (dir, _) = cx.demo_copy();
+    let (code, _, stderr) = run(cx.stockshift().current_dir(dir.path()).args(["apply", "demo.yaml"]));
     assert_eq!(code, 1);
     assert!(stderr.contains("--auto-approve"), "{stderr}");
     assert_eq!(qty(&dir.path().join("demo/target.db"), "NEW-1", "loc-1"), Some(5), "nothing written");
-    let (code, stdout, _) = run(stockshift().current_dir(dir.path()).args(["apply", "demo.yaml", "--auto-approve"]));
+    let (code, stdout, _) = run(cx.stockshift().current_dir(dir.path()).args(["apply", "demo.yaml", "--auto-approve"]));
     assert_eq!(code, 0);
     assert!(stdout.contains("Plan: 3 to create, 6 to update, 4 unchanged."), "{stdout}");
     assert!(stdout.ends_with("Apply complete: 9 applied, 0 already applied, 0 conflicts, 0 failed.\n"), "{stdout}");
 }
 
-#[test]
-fn a_concurrent_change_is_a_conflict_and_is_never_overwritten() {
-    let (dir, _) = demo_copy();
-    plan_out(dir.path(), "d.plan.json");
+fn a_concurrent_change_is_a_conflict_and_is_never_overwritten(b: Backend) {
+    let Some(cx) = Ctx::new(b) else { return };
+    let (dir, _) = cx.demo_copy();
+    plan_out(&cx, dir.path(), "d.plan.json");
     let db = dir.path().join("demo/target.db");
     set_qty(&db, "NEW-1", "loc-1", 4); // an order sold one after the plan was made
     set_qty(&db, "TEE-BLUE-S", "loc-1", 10); // someone already made this exact change
-    let (code, stdout, stderr) = run(stockshift().current_dir(dir.path()).args(["apply", "d.plan.json"]));
+    let (code, stdout, stderr) = run(cx.stockshift().current_dir(dir.path()).args(["apply", "d.plan.json"]));
     assert_eq!(code, 3, "{stderr}");
     assert_eq!(stdout, "Apply complete: 7 applied, 1 already applied, 1 conflicts, 0 failed.\n");
     assert!(stderr.contains("Conflict: (NEW-1, loc-1) expected 5, found 4; not set to 7."), "{stderr}");
     assert_eq!(qty(&db, "NEW-1", "loc-1"), Some(4), "the sale is kept");
     // The conflict is in the audit log with what was found.
     let (_, json, _) =
-        run(stockshift().current_dir(dir.path()).args(["audit", "demo.yaml", "--sku", "NEW-1", "--format", "json"]));
+        run(cx.stockshift().current_dir(dir.path()).args(["audit", "demo.yaml", "--sku", "NEW-1", "--format", "json"]));
     let recs: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(recs[0]["outcome"], "conflict");
     assert_eq!(recs[0]["found"], 4);
     // Re-running does not retry the conflict blindly.
-    let (code, _, _) = run(stockshift().current_dir(dir.path()).args(["apply", "d.plan.json"]));
+    let (code, _, _) = run(cx.stockshift().current_dir(dir.path()).args(["apply", "d.plan.json"]));
     assert_eq!(code, 3);
     assert_eq!(qty(&db, "NEW-1", "loc-1"), Some(4));
 }
 
-#[test]
-fn stale_plans_are_refused() {
-    let (dir, plan) = demo_copy();
-    plan_out(dir.path(), "a.plan.json");
-    let (code, _, _) = run(stockshift().current_dir(dir.path()).args(["apply", "a.plan.json"]));
+fn stale_plans_are_refused(b: Backend) {
+    let Some(cx) = Ctx::new(b) else { return };
+    let (dir, plan) = cx.demo_copy();
+    plan_out(&cx, dir.path(), "a.plan.json");
+    let (code, _, _) = run(cx.stockshift().current_dir(dir.path()).args(["apply", "a.plan.json"]));
     assert_eq!(code, 0);
-    plan_out(dir.path(), "b.plan.json");
+    plan_out(&cx, dir.path(), "b.plan.json");
     // Another operation (a rollback) happens after b was made.
-    let (code, _, _) = run(stockshift().current_dir(dir.path()).args(["rollback", "demo.yaml", "--auto-approve"]));
+    let (code, _, _) = run(cx.stockshift().current_dir(dir.path()).args(["rollback", "demo.yaml", "--auto-approve"]));
     assert_eq!(code, 0);
-    let (code, _, stderr) = run(stockshift().current_dir(dir.path()).args(["apply", "b.plan.json"]));
+    let (code, _, stderr) = run(cx.stockshift().current_dir(dir.path()).args(["apply", "b.plan.json"]));
     assert_eq!(code, 1);
     assert!(stderr.contains("Saved plan is stale"), "{stderr}");
     assert!(stderr.contains("serial 1 -> 2"), "{stderr}");
     // The lock was released on that path: a fresh plan applies.
-    plan_out(dir.path(), "c.plan.json");
-    let (code, _, stderr) = run(stockshift().current_dir(dir.path()).args(["apply", "c.plan.json"]));
+    plan_out(&cx, dir.path(), "c.plan.json");
+    let (code, _, stderr) = run(cx.stockshift().current_dir(dir.path()).args(["apply", "c.plan.json"]));
     assert_eq!(code, 0, "{stderr}");
 
     // The plan file changed.
-    plan_out(dir.path(), "d.plan.json");
+    plan_out(&cx, dir.path(), "d.plan.json");
     let text = std::fs::read_to_string(&plan).unwrap().replace("max_writes: 50000", "max_writes: 40000");
     std::fs::write(&plan, text).unwrap();
-    let (code, _, stderr) = run(stockshift().current_dir(dir.path()).args(["apply", "d.plan.json"]));
+    let (code, _, stderr) = run(cx.stockshift().current_dir(dir.path()).args(["apply", "d.plan.json"]));
     assert_eq!(code, 1);
     assert!(stderr.contains("the plan file") && stderr.contains("changed"), "{stderr}");
 
     // An input file changed.
-    plan_out(dir.path(), "e.plan.json");
+    plan_out(&cx, dir.path(), "e.plan.json");
     let csv = dir.path().join("demo/erp_snapshot.csv");
     let text = std::fs::read_to_string(&csv).unwrap().replace("SAME-1,WH-EAST,20", "SAME-1,WH-EAST,21");
     std::fs::write(&csv, text).unwrap();
-    let (code, _, stderr) = run(stockshift().current_dir(dir.path()).args(["apply", "e.plan.json"]));
+    let (code, _, stderr) = run(cx.stockshift().current_dir(dir.path()).args(["apply", "e.plan.json"]));
     assert_eq!(code, 1);
     assert!(stderr.contains("source file") && stderr.contains("erp_snapshot.csv"), "{stderr}");
 }
 
-#[test]
-fn blast_radius_limits() {
-    let (dir, plan) = demo_copy();
+fn blast_radius_limits(b: Backend) {
+    let Some(cx) = Ctx::new(b) else { return };
+    let (dir, plan) = cx.demo_copy();
     let text = std::fs::read_to_string(&plan).unwrap().replace("max_writes: 50000", "max_writes: 5");
     std::fs::write(&plan, text).unwrap();
-    plan_out(dir.path(), "d.plan.json");
-    let (code, _, stderr) = run(stockshift().current_dir(dir.path()).args(["apply", "d.plan.json"]));
+    plan_out(&cx, dir.path(), "d.plan.json");
+    let (code, _, stderr) = run(cx.stockshift().current_dir(dir.path()).args(["apply", "d.plan.json"]));
     assert_eq!(code, 1);
     assert!(stderr.contains("9 writes, over the limit of 5 (limits.max_writes)"), "{stderr}");
     assert_eq!(qty(&dir.path().join("demo/target.db"), "NEW-1", "loc-1"), Some(5));
-    let (code, _, _) = run(stockshift().current_dir(dir.path()).args(["apply", "d.plan.json", "--allow-large"]));
+    let (code, _, _) = run(cx.stockshift().current_dir(dir.path()).args(["apply", "d.plan.json", "--allow-large"]));
     assert_eq!(code, 0);
 
-    let (dir, plan) = demo_copy();
+    let (dir, plan) = cx.demo_copy();
     let text = std::fs::read_to_string(&plan).unwrap().replace("max_zeroed: 100", "max_zeroed: 0");
     std::fs::write(&plan, text).unwrap();
-    let (code, _, stderr) = run(stockshift().current_dir(dir.path()).args(["apply", "demo.yaml", "--auto-approve"]));
+    let (code, _, stderr) = run(cx.stockshift().current_dir(dir.path()).args(["apply", "demo.yaml", "--auto-approve"]));
     assert_eq!(code, 1);
     assert!(stderr.contains("1 writes that take a key with stock to 0"), "{stderr}");
 }
 
-#[test]
-fn a_held_lock_is_reported_waited_for_and_force_unlocked() {
-    let (dir, _) = demo_copy();
-    plan_out(dir.path(), "d.plan.json");
+fn a_held_lock_is_reported_waited_for_and_force_unlocked(b: Backend) {
+    let Some(cx) = Ctx::new(b) else { return };
+    let (dir, _) = cx.demo_copy();
+    plan_out(&cx, dir.path(), "d.plan.json");
     let state_dir = dir.path().join(".stockshift");
-    let store = stockshift::state::StateStore::open(&state_dir).unwrap();
+    let store = cx.store(&state_dir);
     let me = stockshift::state::Actor::current("test holder");
     let guard = store.lock("apply", &me, Duration::ZERO).unwrap();
     let id = guard.info.id.clone();
-    let (code, _, stderr) = run(stockshift().current_dir(dir.path()).args(["apply", "d.plan.json"]));
+    let (code, _, stderr) = run(cx.stockshift().current_dir(dir.path()).args(["apply", "d.plan.json"]));
     assert_eq!(code, 1);
     for part in ["the state is locked", &id, "Operation: apply", "PID:", "Created:", "force-unlock"] {
         assert!(stderr.contains(part), "missing {part:?} in {stderr}");
     }
     // --lock-timeout waits for the holder to finish.
-    let waiting = stockshift()
+    let waiting = cx
+        .stockshift()
         .current_dir(dir.path())
         .args(["apply", "d.plan.json", "--lock-timeout", "10s"])
         .stdout(std::process::Stdio::piped())
@@ -164,19 +167,20 @@ fn a_held_lock_is_reported_waited_for_and_force_unlocked() {
     let g = store.lock("apply", &me, Duration::ZERO).unwrap();
     let id = g.info.id.clone();
     std::mem::forget(g);
-    let (code, _, stderr) = run(stockshift().current_dir(dir.path()).args(["force-unlock", "wrong-id", "demo.yaml"]));
+    let (code, _, stderr) =
+        run(cx.stockshift().current_dir(dir.path()).args(["force-unlock", "wrong-id", "demo.yaml"]));
     assert_eq!(code, 1, "{stderr}");
-    let (code, stdout, _) = run(stockshift().current_dir(dir.path()).args(["force-unlock", &id, "demo.yaml"]));
+    let (code, stdout, _) = run(cx.stockshift().current_dir(dir.path()).args(["force-unlock", &id, "demo.yaml"]));
     assert_eq!(code, 0);
     assert!(stdout.contains(&id));
 }
 
-#[test]
-fn audit_and_state_list_record_every_write() {
-    let (dir, _) = demo_copy();
-    let (code, _, _) = run(stockshift().current_dir(dir.path()).args(["apply", "demo.yaml", "--auto-approve"]));
+fn audit_and_state_list_record_every_write(b: Backend) {
+    let Some(cx) = Ctx::new(b) else { return };
+    let (dir, _) = cx.demo_copy();
+    let (code, _, _) = run(cx.stockshift().current_dir(dir.path()).args(["apply", "demo.yaml", "--auto-approve"]));
     assert_eq!(code, 0);
-    let (_, json, _) = run(stockshift().current_dir(dir.path()).args(["audit", "demo.yaml", "--format", "json"]));
+    let (_, json, _) = run(cx.stockshift().current_dir(dir.path()).args(["audit", "demo.yaml", "--format", "json"]));
     let recs: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
     assert_eq!(recs.len(), 9);
     let kit = recs.iter().find(|r| r["sku"] == "KIT-1" && r["location"] == "loc-1").unwrap();
@@ -187,26 +191,27 @@ fn audit_and_state_list_record_every_write() {
     assert_eq!(kit["kind"], "apply");
     assert!(kit["command"].as_str().unwrap().contains("apply demo.yaml"));
     let (_, list, _) =
-        run(stockshift().current_dir(dir.path()).args(["state", "list", "demo.yaml", "--format", "json"]));
+        run(cx.stockshift().current_dir(dir.path()).args(["state", "list", "demo.yaml", "--format", "json"]));
     let list: serde_json::Value = serde_json::from_str(&list).unwrap();
     assert_eq!(list["serial"], 1);
     let op = &list["operations"][0];
     assert_eq!((op["applied"].as_u64(), op["status"].as_str()), (Some(9), Some("complete")));
     let id = op["id"].as_str().unwrap();
-    let (code, shown, _) = run(stockshift().current_dir(dir.path()).args(["state", "show", &id[..8], "demo.yaml"]));
+    let (code, shown, _) = run(cx.stockshift().current_dir(dir.path()).args(["state", "show", &id[..8], "demo.yaml"]));
     assert_eq!(code, 0);
     assert!(shown.contains(id));
 }
 
-#[test]
-fn rollback_restores_and_keeps_sales_made_since() {
-    let (dir, _) = demo_copy();
+fn rollback_restores_and_keeps_sales_made_since(b: Backend) {
+    let Some(cx) = Ctx::new(b) else { return };
+    let (dir, _) = cx.demo_copy();
     let db = dir.path().join("demo/target.db");
     let before = target_rows(&db);
-    let (code, _, _) = run(stockshift().current_dir(dir.path()).args(["apply", "demo.yaml", "--auto-approve"]));
+    let (code, _, _) = run(cx.stockshift().current_dir(dir.path()).args(["apply", "demo.yaml", "--auto-approve"]));
     assert_eq!(code, 0);
     set_qty(&db, "NEW-1", "loc-1", 6); // one sold since the apply (7 -> 6)
-    let (code, json, _) = run(stockshift().current_dir(dir.path()).args(["rollback", "demo.yaml", "--format", "json"]));
+    let (code, json, _) =
+        run(cx.stockshift().current_dir(dir.path()).args(["rollback", "demo.yaml", "--format", "json"]));
     assert_eq!(code, 0);
     let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
     let new1 = doc["changes"].as_array().unwrap().iter().find(|c| c["sku"] == "NEW-1").unwrap();
@@ -214,9 +219,9 @@ fn rollback_restores_and_keeps_sales_made_since() {
     assert!(new1["note"].as_str().unwrap().contains("keeps changes since"));
     // Saved, then applied like any plan.
     let (code, _, _) =
-        run(stockshift().current_dir(dir.path()).args(["rollback", "demo.yaml", "--out", "rb.plan.json"]));
+        run(cx.stockshift().current_dir(dir.path()).args(["rollback", "demo.yaml", "--out", "rb.plan.json"]));
     assert_eq!(code, 0);
-    let (code, stdout, stderr) = run(stockshift().current_dir(dir.path()).args(["apply", "rb.plan.json"]));
+    let (code, stdout, stderr) = run(cx.stockshift().current_dir(dir.path()).args(["apply", "rb.plan.json"]));
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.starts_with("Rollback complete: 8 applied"), "{stdout}");
     let mut expected = before.clone();
@@ -233,14 +238,15 @@ fn rollback_restores_and_keeps_sales_made_since() {
     assert_eq!(now, expected);
     assert_eq!(qty(&db, "EACH-1", "loc-1"), Some(0));
     // Rolling back twice is a no-op.
-    let (code, _, stderr) = run(stockshift().current_dir(dir.path()).args(["rollback", "demo.yaml", "--auto-approve"]));
+    let (code, _, stderr) =
+        run(cx.stockshift().current_dir(dir.path()).args(["rollback", "demo.yaml", "--auto-approve"]));
     assert_eq!(code, 0);
     assert!(stderr.contains("already rolled back"), "{stderr}");
     assert_eq!(qty(&db, "NEW-1", "loc-1"), Some(4));
 }
 
 /// A plan with many writes in small batches, so a kill can land anywhere.
-fn large_apply(dir: &Path, keys: usize) {
+fn large_apply(cx: &Ctx, dir: &Path, keys: usize) {
     let mut src = String::from("sku,location,qty\n");
     for i in 0..keys {
         src.push_str(&format!("SKU-{i:05},W,{}\n", i % 97 + 1));
@@ -255,24 +261,28 @@ fn large_apply(dir: &Path, keys: usize) {
     tx.commit().unwrap();
     std::fs::write(
         dir.join("p.yaml"),
-        "version: 1\nname: big\nsource: { provider: csv, path: s.csv }\ntarget: { provider: sqlite, path: t.db, batch_size: 25 }\nlimits: { max_writes: 1000000 }\n",
+        format!(
+            "version: 1\nname: big\nsource: {{ provider: csv, path: s.csv }}\ntarget: {{ provider: sqlite, path: t.db, batch_size: 25 }}\nlimits: {{ max_writes: 1000000 }}\n{}",
+            cx.state_yaml()
+        ),
     )
     .unwrap();
 }
 
-#[test]
-fn a_killed_apply_resumes_with_nothing_lost_or_doubled() {
+fn a_killed_apply_resumes_with_nothing_lost_or_doubled(b: Backend) {
+    let Some(cx) = Ctx::new(b) else { return };
     let dir = tempfile::tempdir().unwrap();
     let keys = 4000;
-    large_apply(dir.path(), keys);
+    large_apply(&cx, dir.path(), keys);
     let (code, _, stderr) =
-        run(stockshift().current_dir(dir.path()).args(["plan", "p.yaml", "--out", "big.plan.json"]));
+        run(cx.stockshift().current_dir(dir.path()).args(["plan", "p.yaml", "--out", "big.plan.json"]));
     assert_eq!(code, 0, "{stderr}");
     // Kill the apply at many different points, resuming each time.
     let mut kills = 0;
     let mut finished = false;
     for round in 0..40u64 {
-        let mut child = stockshift()
+        let mut child = cx
+            .stockshift()
             .current_dir(dir.path())
             .args(["apply", "big.plan.json"])
             .stdout(std::process::Stdio::null())
@@ -295,7 +305,7 @@ fn a_killed_apply_resumes_with_nothing_lost_or_doubled() {
         }
     }
     assert!(kills >= 3, "the apply should have been killed several times (killed {kills})");
-    let (code, stdout, stderr) = run(stockshift().current_dir(dir.path()).args(["apply", "big.plan.json"]));
+    let (code, stdout, stderr) = run(cx.stockshift().current_dir(dir.path()).args(["apply", "big.plan.json"]));
     assert_eq!(code, 0, "{stdout}{stderr}");
     let _ = finished;
     // The target equals the plan.
@@ -306,7 +316,7 @@ fn a_killed_apply_resumes_with_nothing_lost_or_doubled() {
         assert_eq!(*q, (i % 97 + 1) as i64, "{sku}");
     }
     // One operation, one audit row per write, none doubled, none in conflict.
-    let store = stockshift::state::StateStore::open(&dir.path().join(".stockshift")).unwrap();
+    let store = cx.store(&dir.path().join(".stockshift"));
     let ops = store.operations().unwrap();
     assert_eq!(ops.len(), 1, "resuming never starts another operation");
     let c = store.counts(&ops[0].id).unwrap();
@@ -317,14 +327,15 @@ fn a_killed_apply_resumes_with_nothing_lost_or_doubled() {
 }
 
 /// Kills the apply started with `first`, then applies a fresh plan of the rest.
-fn killed_then_replanned(first: &[&str]) {
+fn killed_then_replanned(cx: &Ctx, first: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let keys = 4000;
-    large_apply(dir.path(), keys);
+    large_apply(cx, dir.path(), keys);
     let (code, _, stderr) =
-        run(stockshift().current_dir(dir.path()).args(["plan", "p.yaml", "--out", "big.plan.json"]));
+        run(cx.stockshift().current_dir(dir.path()).args(["plan", "p.yaml", "--out", "big.plan.json"]));
     assert_eq!(code, 0, "{stderr}");
-    let mut child = stockshift()
+    let mut child = cx
+        .stockshift()
         .current_dir(dir.path())
         .args(first)
         .stdout(std::process::Stdio::null())
@@ -349,9 +360,9 @@ fn killed_then_replanned(first: &[&str]) {
     child.wait().unwrap();
     // A new plan of the rest: the killed operation is closed, and every write that
     // landed (including the batch in flight) is in its audit.
-    let (code, _, stderr) = run(stockshift().current_dir(dir.path()).args(["apply", "p.yaml", "--auto-approve"]));
+    let (code, _, stderr) = run(cx.stockshift().current_dir(dir.path()).args(["apply", "p.yaml", "--auto-approve"]));
     assert_eq!(code, 0, "{stderr}");
-    let store = stockshift::state::StateStore::open(&dir.path().join(".stockshift")).unwrap();
+    let store = cx.store(&dir.path().join(".stockshift"));
     let ops = store.operations().unwrap();
     assert_eq!(ops.len(), 2);
     assert_eq!(ops[1].status, "interrupted");
@@ -368,48 +379,105 @@ fn killed_then_replanned(first: &[&str]) {
     assert_eq!(written.len(), total, "no key written twice");
     assert_eq!(total, keys, "every write is in the audit log exactly once");
     // Small batches really are small: one intent per 25 writes.
-    let intents: i64 = Connection::open(dir.path().join(".stockshift/state.db"))
-        .unwrap()
-        .query_row("SELECT count(*) FROM intents", [], |r| r.get(0))
-        .unwrap();
+    let intents = cx.count(&dir.path().join(".stockshift"), "intents");
     assert!(intents >= (keys / 25) as i64, "{intents} intents");
 }
 
-#[test]
-fn a_killed_plan_file_apply_is_accounted_for_by_the_next_one() {
+fn a_killed_plan_file_apply_is_accounted_for_by_the_next_one(b: Backend) {
+    let Some(cx) = Ctx::new(b) else { return };
     // Its writes are journaled with each intent.
-    killed_then_replanned(&["apply", "p.yaml", "--auto-approve"]);
+    killed_then_replanned(&cx, &["apply", "p.yaml", "--auto-approve"]);
 }
 
-#[test]
-fn a_killed_saved_plan_apply_is_accounted_for_by_the_next_one() {
+fn a_killed_saved_plan_apply_is_accounted_for_by_the_next_one(b: Backend) {
+    let Some(cx) = Ctx::new(b) else { return };
     // Its writes are read back from the saved plan file.
-    killed_then_replanned(&["apply", "big.plan.json"]);
+    killed_then_replanned(&cx, &["apply", "big.plan.json"]);
 }
 
-#[test]
-fn a_rollback_with_conflicts_can_be_finished_later_without_undoing_twice() {
-    let (dir, _) = demo_copy();
+fn a_rollback_with_conflicts_can_be_finished_later_without_undoing_twice(b: Backend) {
+    let Some(cx) = Ctx::new(b) else { return };
+    let (dir, _) = cx.demo_copy();
     let db = dir.path().join("demo/target.db");
-    let (code, _, _) = run(stockshift().current_dir(dir.path()).args(["apply", "demo.yaml", "--auto-approve"]));
+    let (code, _, _) = run(cx.stockshift().current_dir(dir.path()).args(["apply", "demo.yaml", "--auto-approve"]));
     assert_eq!(code, 0);
     // The rollback plan expects NEW-1 at 7; it moves to 6 between plan and apply.
     let (code, _, _) =
-        run(stockshift().current_dir(dir.path()).args(["rollback", "demo.yaml", "--out", "rb.plan.json"]));
+        run(cx.stockshift().current_dir(dir.path()).args(["rollback", "demo.yaml", "--out", "rb.plan.json"]));
     assert_eq!(code, 0);
     set_qty(&db, "NEW-1", "loc-1", 6);
-    let (code, stdout, _) = run(stockshift().current_dir(dir.path()).args(["apply", "rb.plan.json"]));
+    let (code, stdout, _) = run(cx.stockshift().current_dir(dir.path()).args(["apply", "rb.plan.json"]));
     assert_eq!(code, 3, "{stdout}");
     assert!(stdout.contains("1 conflicts"), "{stdout}");
     // The apply is not marked rolled back: a second rollback offers only NEW-1, keeping the sale.
-    let (code, json, _) = run(stockshift().current_dir(dir.path()).args(["rollback", "demo.yaml", "--format", "json"]));
+    let (code, json, _) =
+        run(cx.stockshift().current_dir(dir.path()).args(["rollback", "demo.yaml", "--format", "json"]));
     assert_eq!(code, 0);
     let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
     let changes = doc["changes"].as_array().unwrap();
     assert_eq!(changes.len(), 1, "{json}");
     assert_eq!((changes[0]["sku"].as_str(), changes[0]["after"].as_i64()), (Some("NEW-1"), Some(4)));
-    let (code, _, _) = run(stockshift().current_dir(dir.path()).args(["rollback", "demo.yaml", "--auto-approve"]));
+    let (code, _, _) = run(cx.stockshift().current_dir(dir.path()).args(["rollback", "demo.yaml", "--auto-approve"]));
     assert_eq!(code, 0);
     assert_eq!(qty(&db, "NEW-1", "loc-1"), Some(4));
     assert_eq!(qty(&db, "KIT-1", "loc-1"), Some(1), "restored once, not twice");
 }
+
+/// A holder killed with SIGKILL leaves its lock record behind; on PostgreSQL its
+/// advisory lock went with its session, on SQLite its pid is gone: the next apply
+/// takes the lock over (and says so) instead of waiting for it.
+fn a_sigkilled_holders_lock_is_taken_over(b: Backend) {
+    let Some(cx) = Ctx::new(b) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    large_apply(&cx, dir.path(), 4000);
+    let (code, _, stderr) =
+        run(cx.stockshift().current_dir(dir.path()).args(["plan", "p.yaml", "--out", "big.plan.json"]));
+    assert_eq!(code, 0, "{stderr}");
+    let mut child = cx
+        .stockshift()
+        .current_dir(dir.path())
+        .args(["apply", "big.plan.json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let db = dir.path().join("t.db");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT count(*) FROM inventory WHERE qty > 0", [], |r| r.get::<_, i64>(0))
+        .unwrap_or(0)
+        < 100
+    {
+        assert!(std::time::Instant::now() < deadline, "the apply never wrote");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pid = child.id();
+    child.kill().unwrap(); // SIGKILL: no guard runs
+    child.wait().unwrap();
+    let state_dir = dir.path().join(".stockshift");
+    let left = cx.store(&state_dir).lock_info().unwrap().expect("the killed holder's record is left");
+    assert_eq!(left.pid, pid);
+    let (code, stdout, stderr) =
+        run(cx.stockshift().current_dir(dir.path()).args(["apply", "big.plan.json", "--lock-timeout", "20s"]));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stderr.contains(&format!("Took over the lock {} of process {pid}", left.id)), "{stderr}");
+    assert!(stderr.contains("Resumed interrupted operation"), "{stderr}");
+    assert!(cx.store(&state_dir).lock_info().unwrap().is_none(), "released at the end");
+}
+
+both_backends!(
+    apply_saved_plan_then_plan_shows_no_changes_and_rerun_is_a_noop,
+    apply_plan_file_needs_approval_without_a_tty,
+    a_concurrent_change_is_a_conflict_and_is_never_overwritten,
+    stale_plans_are_refused,
+    blast_radius_limits,
+    a_held_lock_is_reported_waited_for_and_force_unlocked,
+    audit_and_state_list_record_every_write,
+    rollback_restores_and_keeps_sales_made_since,
+    a_killed_apply_resumes_with_nothing_lost_or_doubled,
+    a_killed_plan_file_apply_is_accounted_for_by_the_next_one,
+    a_killed_saved_plan_apply_is_accounted_for_by_the_next_one,
+    a_rollback_with_conflicts_can_be_finished_later_without_undoing_twice,
+    a_sigkilled_holders_lock_is_taken_over,
+);

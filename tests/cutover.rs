@@ -1,27 +1,29 @@
 //! `cutover` and `demo`: a cutover that passes, one that rolls back, one that
-//! stops frozen, and one killed mid-way and resumed.
+//! stops frozen, and one killed mid-way and resumed, with the state in SQLite
+//! and in PostgreSQL (`tests/backend.rs`; `demo` writes its own plan: SQLite).
 
 use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::Connection;
 
-use crate::util::{demo_copy, qty, run, stockshift, target_rows};
+use crate::backend::{Backend, Ctx, both_backends};
+use crate::util::{qty, run, stockshift, target_rows};
 
 fn queued(dir: &Path) -> i64 {
     let c = Connection::open(dir.join(".stockshift/events.db")).unwrap();
     c.query_row("SELECT count(*) FROM events WHERE status = 'queued'", [], |r| r.get(0)).unwrap()
 }
 
-fn frozen(dir: &Path) -> bool {
-    let (_, out, _) = run(stockshift().current_dir(dir).args(["freeze", "status", "demo.yaml"]));
+fn frozen(cx: &Ctx, dir: &Path) -> bool {
+    let (_, out, _) = run(cx.stockshift().current_dir(dir).args(["freeze", "status", "demo.yaml"]));
     out.starts_with("Frozen: yes")
 }
 
-#[test]
-fn a_cutover_that_passes_applies_replays_and_unfreezes() {
-    let (dir, _) = demo_copy();
-    let (code, stdout, stderr) = run(stockshift().current_dir(dir.path()).args([
+fn a_cutover_that_passes_applies_replays_and_unfreezes(b: Backend) {
+    let Some(cx) = Ctx::new(b) else { return };
+    let (dir, _) = cx.demo_copy();
+    let (code, stdout, stderr) = run(cx.stockshift().current_dir(dir.path()).args([
         "cutover",
         "demo.yaml",
         "--auto-approve",
@@ -35,7 +37,7 @@ fn a_cutover_that_passes_applies_replays_and_unfreezes() {
         assert!(stdout.contains(&format!("[ok]   {step}")), "missing {step}:\n{stdout}");
     }
     assert!(stdout.contains("passed: the freeze is off"), "{stdout}");
-    assert!(!frozen(dir.path()));
+    assert!(!frozen(&cx, dir.path()));
     assert_eq!(queued(dir.path()), 0);
     // The target equals the snapshot's mapping with the events applied: OLD-1 sold 2.
     let db = dir.path().join("demo/target.db");
@@ -49,12 +51,12 @@ fn a_cutover_that_passes_applies_replays_and_unfreezes() {
     assert!(std::fs::read_to_string(report.join("report.md")).unwrap().contains("**Verdict: pass**"));
 }
 
-#[test]
-fn a_breached_threshold_rolls_back_keeps_the_freeze_and_requeues_the_events() {
-    let (dir, _) = demo_copy();
+fn a_breached_threshold_rolls_back_keeps_the_freeze_and_requeues_the_events(b: Backend) {
+    let Some(cx) = Ctx::new(b) else { return };
+    let (dir, _) = cx.demo_copy();
     let db = dir.path().join("demo/target.db");
     let before = target_rows(&db);
-    let (code, stdout, stderr) = run(stockshift().current_dir(dir.path()).args([
+    let (code, stdout, stderr) = run(cx.stockshift().current_dir(dir.path()).args([
         "cutover",
         "demo.yaml",
         "--auto-approve",
@@ -66,7 +68,7 @@ fn a_breached_threshold_rolls_back_keeps_the_freeze_and_requeues_the_events() {
     assert!(stdout.contains("[FAIL] 6. verdict"), "{stdout}");
     assert!(stdout.contains("webhook failure rate 0.2500"), "{stdout}");
     assert!(stdout.contains("rolled back, still frozen"), "{stdout}");
-    assert!(frozen(dir.path()));
+    assert!(frozen(&cx, dir.path()));
     // Every write the cutover made is undone; keys it created stay, at 0.
     let after: Vec<_> =
         target_rows(&db).into_iter().filter(|r| r.2 != 0 || before.iter().any(|b| b.0 == r.0 && b.1 == r.1)).collect();
@@ -75,12 +77,12 @@ fn a_breached_threshold_rolls_back_keeps_the_freeze_and_requeues_the_events() {
     assert_eq!(queued(dir.path()), 4);
 }
 
-#[test]
-fn without_rollback_on_failure_it_stops_frozen_and_prints_the_rollback_command() {
-    let (dir, _) = demo_copy();
+fn without_rollback_on_failure_it_stops_frozen_and_prints_the_rollback_command(b: Backend) {
+    let Some(cx) = Ctx::new(b) else { return };
+    let (dir, _) = cx.demo_copy();
     let db = dir.path().join("demo/target.db");
     let before = target_rows(&db);
-    let (code, stdout, _) = run(stockshift().current_dir(dir.path()).args([
+    let (code, stdout, _) = run(cx.stockshift().current_dir(dir.path()).args([
         "cutover",
         "demo.yaml",
         "--auto-approve",
@@ -88,28 +90,28 @@ fn without_rollback_on_failure_it_stops_frozen_and_prints_the_rollback_command()
         "demo/events-breach.jsonl",
     ]));
     assert_eq!(code, 3);
-    assert!(frozen(dir.path()));
+    assert!(frozen(&cx, dir.path()));
     let cmd = stdout
         .lines()
         .find(|l| l.trim_start().starts_with("stockshift rollback"))
         .expect("the rollback command")
         .trim();
     let args: Vec<&str> = cmd.split_whitespace().skip(1).collect();
-    let (code, out, stderr) = run(stockshift().current_dir(dir.path()).args(&args));
+    let (code, out, stderr) = run(cx.stockshift().current_dir(dir.path()).args(&args));
     assert_eq!(code, 0, "{out}{stderr}");
     assert!(out.contains("Rollback of cutover"), "{out}");
     let after: Vec<_> =
         target_rows(&db).into_iter().filter(|r| r.2 != 0 || before.iter().any(|b| b.0 == r.0 && b.1 == r.1)).collect();
     assert_eq!(after, before);
     // Rolling back again is a no-op.
-    let (code, _, stderr) = run(stockshift().current_dir(dir.path()).args(&args));
+    let (code, _, stderr) = run(cx.stockshift().current_dir(dir.path()).args(&args));
     assert_eq!(code, 0);
     assert!(stderr.contains("nothing to do"), "{stderr}");
 }
 
-#[test]
-fn a_killed_cutover_resumes_at_its_step() {
-    let (dir, plan) = demo_copy();
+fn a_killed_cutover_resumes_at_its_step(b: Backend) {
+    let Some(cx) = Ctx::new(b) else { return };
+    let (dir, plan) = cx.demo_copy();
     // A larger source and one write per transaction, so the kill lands mid-apply.
     let mut src = std::fs::read_to_string(dir.path().join("demo/erp_snapshot.csv")).unwrap();
     for i in 0..3000 {
@@ -120,7 +122,8 @@ fn a_killed_cutover_resumes_at_its_step() {
         .unwrap()
         .replace("path: demo/target.db", "path: demo/target.db\n  batch_size: 1");
     std::fs::write(&plan, text).unwrap();
-    let mut child = stockshift()
+    let mut child = cx
+        .stockshift()
         .current_dir(dir.path())
         .args(["cutover", "demo.yaml", "--auto-approve", "--events", "demo/events.jsonl"])
         .stdout(std::process::Stdio::null())
@@ -142,7 +145,7 @@ fn a_killed_cutover_resumes_at_its_step() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    let (code, stdout, stderr) = run(stockshift().current_dir(dir.path()).args([
+    let (code, stdout, stderr) = run(cx.stockshift().current_dir(dir.path()).args([
         "cutover",
         "demo.yaml",
         "--auto-approve",
@@ -153,7 +156,7 @@ fn a_killed_cutover_resumes_at_its_step() {
     assert!(stdout.contains("(done before the restart)"), "{stdout}");
     assert!(stdout.contains("passed"), "{stdout}");
     // One cutover, one apply operation (resumed, not restarted), every key right.
-    let state = stockshift::state::StateStore::open(&dir.path().join(".stockshift")).unwrap();
+    let state = cx.store(&dir.path().join(".stockshift"));
     let applies =
         state.operations().unwrap().into_iter().filter(|o| o.kind == stockshift::state::OpKind::Apply).count();
     assert_eq!(applies, 1);
@@ -178,10 +181,10 @@ fn the_demo_command_runs_in_a_fresh_folder() {
     assert!(stderr.contains("already holds a demo"), "{stderr}");
 }
 
-#[test]
-fn a_fulfilment_failure_rate_over_its_threshold_fails_the_cutover() {
-    let (dir, _) = demo_copy();
-    let (code, stdout, stderr) = run(stockshift().current_dir(dir.path()).args([
+fn a_fulfilment_failure_rate_over_its_threshold_fails_the_cutover(b: Backend) {
+    let Some(cx) = Ctx::new(b) else { return };
+    let (dir, _) = cx.demo_copy();
+    let (code, stdout, stderr) = run(cx.stockshift().current_dir(dir.path()).args([
         "cutover",
         "demo.yaml",
         "--auto-approve",
@@ -197,3 +200,11 @@ fn a_fulfilment_failure_rate_over_its_threshold_fails_the_cutover() {
     let kpi = report["kpis"].as_array().unwrap().iter().find(|k| k["name"] == "fulfillment_failure_rate").unwrap();
     assert_eq!((kpi["status"].as_str(), kpi["threshold"].as_f64()), (Some("breach"), Some(0.02)));
 }
+
+both_backends!(
+    a_cutover_that_passes_applies_replays_and_unfreezes,
+    a_breached_threshold_rolls_back_keeps_the_freeze_and_requeues_the_events,
+    without_rollback_on_failure_it_stops_frozen_and_prints_the_rollback_command,
+    a_killed_cutover_resumes_at_its_step,
+    a_fulfilment_failure_rate_over_its_threshold_fails_the_cutover,
+);

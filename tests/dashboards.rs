@@ -248,6 +248,8 @@ fn the_metric_list_matches_the_source() {
         }
     }
     assert!(!used.is_empty());
+    // The PostgreSQL schemas of the state and the queue share the prefix.
+    used.retain(|(name, _)| !["stockshift_state", "stockshift_queue"].contains(&name.as_str()));
     for (name, file) in used {
         assert!(METRICS.contains(&name.as_str()), "{file} uses metric {name}, which tests/dashboards.rs does not list");
     }

@@ -374,3 +374,30 @@ fn replay_refuses_to_build_on_a_rolled_back_apply() {
     assert!(stderr.contains("no source snapshot recorded"), "{stderr}");
     assert_eq!(qty(&dir.path().join("demo/target.db"), "NEW-1", "loc-1"), Some(5), "nothing re-applied");
 }
+
+#[test]
+fn queue_only_queues_the_file_and_writes_nothing_until_replay() {
+    let (dir, _) = demo_copy();
+    apply(dir.path());
+    let db = dir.path().join("demo/target.db");
+    std::fs::write(dir.path().join("events.jsonl"), event("q1", "OLD-1", "WH-EAST", "\"delta\":-2", 1) + "\n").unwrap();
+    let (code, stdout, stderr) = run(stockshift().current_dir(dir.path()).args([
+        "replay",
+        "demo.yaml",
+        "--from",
+        "events.jsonl",
+        "--queue-only",
+    ]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("Queued 1 event(s)"), "{stderr}");
+    assert!(!stdout.contains("Replay complete"), "{stdout}");
+    assert_eq!(qty(&db, "NEW-1", "loc-1"), Some(7), "nothing applied yet");
+    let (code, stdout, stderr) = run(stockshift().current_dir(dir.path()).args(["replay", "demo.yaml"]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("Replay complete: 1 events applied"), "{stdout}");
+    assert_eq!(qty(&db, "NEW-1", "loc-1"), Some(5));
+    // --queue-only without --from is refused by the argument parser.
+    let (code, _, stderr) = run(stockshift().current_dir(dir.path()).args(["replay", "demo.yaml", "--queue-only"]));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("--from"), "{stderr}");
+}

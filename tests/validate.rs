@@ -117,18 +117,41 @@ fn usage_errors_exit_1_not_2() {
 }
 
 #[test]
-fn unavailable_backends_are_refused_by_validate() {
+fn postgres_backends_need_url_env_and_a_set_variable() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("s.csv"), "sku,location,qty\nA,W,1\n").unwrap();
-    std::fs::write(
-        dir.path().join("p.yaml"),
-        "version: 1\nname: x\nsource: { provider: csv, path: s.csv }\ntarget: { provider: csv, path: s.csv }\nstate: { backend: postgres, url_env: DATABASE_URL }\n",
-    )
-    .unwrap();
+    let plan = |state: &str| {
+        std::fs::write(
+            dir.path().join("p.yaml"),
+            format!("version: 1\nname: x\nsource: {{ provider: csv, path: s.csv }}\ntarget: {{ provider: csv, path: s.csv }}\n{state}\n"),
+        )
+        .unwrap();
+    };
+    // No url_env: refused, saying which key to add.
+    plan("state: { backend: postgres }");
     let (code, _, stderr) = run(stockshift().current_dir(dir.path()).args(["validate", "p.yaml"]));
     assert_eq!(code, 1);
+    assert!(stderr.contains("p.yaml:5:19: error: `state.backend: postgres` needs `url_env`"), "{stderr}");
+    assert!(stderr.contains("url_env: STOCKSHIFT_STATE_URL"), "{stderr}");
+    // A variable that is not set: refused at the variable's name.
+    plan("state: { backend: postgres, url_env: STOCKSHIFT_TEST_UNSET_STATE_URL }");
+    let (code, _, stderr) = run(stockshift()
+        .current_dir(dir.path())
+        .env_remove("STOCKSHIFT_TEST_UNSET_STATE_URL")
+        .args(["validate", "p.yaml"]));
+    assert_eq!(code, 1);
     assert!(
-        stderr.contains("p.yaml:5:19: error: `state.backend: postgres` is not available in this version"),
+        stderr.contains(
+            "p.yaml:5:38: error: Environment variable `STOCKSHIFT_TEST_UNSET_STATE_URL` (named by `state.url_env`) is not set"
+        ),
         "{stderr}"
     );
+    // Set: accepted (validate connects to nothing), and the value is never echoed.
+    let url = "postgres://u:never-printed@127.0.0.1:1/x";
+    let (code, stdout, stderr) = run(stockshift()
+        .current_dir(dir.path())
+        .env("STOCKSHIFT_TEST_UNSET_STATE_URL", url)
+        .args(["validate", "p.yaml"]));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(!stdout.contains("never-printed") && !stderr.contains("never-printed"), "{stdout}{stderr}");
 }

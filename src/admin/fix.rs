@@ -25,13 +25,13 @@ use super::auth::{Who, csrf_refused, read_form};
 use super::pages::{KeyExtra, bad_request, blocking, failed, key_field, key_page};
 use super::view::{Fields, key_url, shorten};
 use crate::config::model::FreezeMode;
-use crate::events::{FreezeState, Queue};
+use crate::events::FreezeState;
 use crate::ops::apply::{ApplyOptions, execute};
 use crate::ops::plan::PlanError;
 use crate::ops::reconcile::{ReconcileError, ReconcileOptions};
 use crate::provider::{self, Write, WriteOutcome};
 use crate::state::lock::LockError;
-use crate::state::{Actor, NewOperation, OpKind, StateStore};
+use crate::state::{Actor, NewOperation, OpKind};
 
 /// Largest quantity the form accepts.
 pub(crate) const MAX_QTY: i64 = 1_000_000_000;
@@ -95,7 +95,7 @@ enum Done {
 /// Makes the write: lock, operation, reason, conditional write, audit.
 fn write(a: &Admin, f: &FixForm) -> anyhow::Result<Done> {
     let plan = &a.plan;
-    let queue = Queue::open(&a.queue_path)?;
+    let queue = (a.queue)()?;
     let freeze = FreezeState::evaluate(plan.config.freeze.as_ref(), queue.manual_freeze()?, Timestamp::now())
         .map_err(anyhow::Error::msg)?;
     drop(queue);
@@ -107,7 +107,7 @@ fn write(a: &Admin, f: &FixForm) -> anyhow::Result<Done> {
         ));
     }
     let actor = Actor::current("admin");
-    let lock_store = StateStore::open(&a.state_dir)?;
+    let lock_store = a.open_state()?;
     let guard = match lock_store.lock(OpKind::Admin.as_str(), &actor, LOCK_WAIT) {
         Ok(g) => g,
         Err(LockError::Held(info)) => {
@@ -122,7 +122,7 @@ fn write(a: &Admin, f: &FixForm) -> anyhow::Result<Done> {
         Err(e) => return Err(e.into()),
     };
     let mut target = provider::open(&plan.config.target, &plan.dir)?;
-    let mut state = StateStore::open(&a.state_dir)?;
+    let mut state = lock_store.reopen()?;
     let run_id = uuid::Uuid::new_v4().to_string();
     let op = state.begin(
         OpKind::Admin,
@@ -254,7 +254,7 @@ pub(crate) async fn reconcile(
     let a = admin.clone();
     let ran = blocking(move || {
         // The state store must exist for the run to be recorded.
-        StateStore::open(&a.state_dir)?;
+        a.open_state()?;
         let opts = ReconcileOptions { state_dir: Some(&a.state_dir), fulfillment_failure_rate: None };
         Ok(crate::ops::reconcile::run(&a.plan, &opts))
     })

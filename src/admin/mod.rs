@@ -48,11 +48,19 @@ pub(crate) struct Admin {
     pub plan: Plan,
     /// The state folder (`state.db`, `events.db`).
     pub state_dir: PathBuf,
-    pub queue_path: PathBuf,
+    /// Opens the event queue `serve` uses.
+    pub queue: crate::events::QueueOpener,
     pub auth: auth::Auth,
     pub views: view::Views,
     /// A reconcile started from the page is running.
     pub reconciling: AtomicBool,
+}
+
+impl Admin {
+    /// Opens the plan's state store (`state:`), its local files in `serve`'s state folder.
+    pub(crate) fn open_state(&self) -> Result<crate::state::StateStore, crate::state::StateError> {
+        crate::state::StateStore::open_for(&self.plan, Some(&self.state_dir))
+    }
 }
 
 /// The admin page for `serve`, or why it is off.
@@ -63,9 +71,9 @@ pub struct Mount {
     pub note: Option<String>,
 }
 
-/// Builds the admin routes for a plan. `state_dir` and `queue_path` are the ones
+/// Builds the admin routes for a plan. `state_dir` and `queue` are the ones
 /// `serve` uses; `listen` is only used in the note.
-pub fn mount(plan: Plan, state_dir: PathBuf, queue_path: PathBuf, listen: SocketAddr) -> Mount {
+pub fn mount(plan: Plan, state_dir: PathBuf, queue: crate::events::QueueOpener, listen: SocketAddr) -> Mount {
     let Some(cfg) = plan.config.admin.clone() else { return Mount { router: None, note: None } };
     let name = cfg.token_env;
     let token = std::env::var(&name).unwrap_or_default();
@@ -87,7 +95,7 @@ pub fn mount(plan: Plan, state_dir: PathBuf, queue_path: PathBuf, listen: Socket
     let admin = Arc::new(Admin {
         plan,
         state_dir,
-        queue_path,
+        queue,
         auth: auth::Auth::new(token),
         views: view::Views::new(),
         reconciling: AtomicBool::new(false),

@@ -17,11 +17,11 @@ use super::auth::Who;
 use super::trace::{self, QueuedView, Trace};
 use super::view::{Fields, age, enc, key_url, shorten};
 use crate::config::model::FreezeMode;
-use crate::events::{FreezeState, Queue};
+use crate::events::FreezeState;
 use crate::ops::plan::input_label;
 use crate::ops::reconcile::percent;
 use crate::provider;
-use crate::state::{AuditRecord, DriftQuery, DriftRow, DriftSort, OpKind, Operation, ReconcileRun, StateStore};
+use crate::state::{AuditRecord, DriftQuery, DriftRow, DriftSort, OpKind, Operation, ReconcileRun};
 
 /// Longest SKU or location accepted from a form or a URL, in bytes.
 pub(crate) const MAX_KEY_LEN: usize = 512;
@@ -255,11 +255,11 @@ pub(crate) async fn overview(State(admin): State<Arc<Admin>>, Extension(who): Ex
     let data = blocking(move || {
         let plan = &a.plan;
         let now = Timestamp::now();
-        let queue = Queue::open(&a.queue_path)?;
+        let queue = (a.queue)()?;
         let backlog = queue.backlog()?;
         let freeze = FreezeState::evaluate(plan.config.freeze.as_ref(), queue.manual_freeze()?, now)
             .map_err(anyhow::Error::msg)?;
-        let state = StateStore::open(&a.state_dir)?;
+        let state = a.open_state()?;
         let last_cutover = state.cutover("")?.map(|c| {
             serde_json::json!({
                 "id": c.id, "short": c.id.chars().take(8).collect::<String>(), "status": c.status,
@@ -386,7 +386,7 @@ pub(crate) async fn drift(
     let a = admin.clone();
     let (sort_name, descending, page, per, search) = (p.sort, p.descending, p.page, p.per, p.q.clone());
     let data = blocking(move || {
-        let state = StateStore::open(&a.state_dir)?;
+        let state = a.open_state()?;
         let Some(run) = state.last_reconcile()? else { return Ok(None) };
         let sort = COLUMNS.iter().find(|c| c.0 == sort_name).map_or(DriftSort::AbsDiff, |c| c.2);
         let (total, rows) = state.drift_page(&DriftQuery {
@@ -528,7 +528,7 @@ pub(crate) async fn key_page(
     let (s, l, done_op) = (sku.clone(), location.clone(), extra.done_op.clone());
     let data = blocking(move || {
         let plan = &a.plan;
-        let state = StateStore::open(&a.state_dir)?;
+        let state = a.open_state()?;
         let run = state.last_reconcile()?;
         let drift = match &run {
             Some(r) => state.drift_row(r.id, &s, &l)?.map(DriftView::from),
@@ -544,13 +544,11 @@ pub(crate) async fn key_page(
             Ok(t) => (Some(t), None),
             Err(e) => (None, Some(e.to_string())),
         };
-        let (events, events_partial, events_error) = match Queue::open(&a.queue_path)
-            .map_err(anyhow::Error::from)
-            .and_then(|q| trace::queued_for(plan, &q, &s, &l))
-        {
-            Ok((e, partial)) => (e, partial, None),
-            Err(e) => (Vec::new(), false, Some(format!("{e:#}"))),
-        };
+        let (events, events_partial, events_error) =
+            match (a.queue)().map_err(anyhow::Error::from).and_then(|q| trace::queued_for(plan, &q, &s, &l)) {
+                Ok((e, partial)) => (e, partial, None),
+                Err(e) => (Vec::new(), false, Some(format!("{e:#}"))),
+            };
         let mut audit: Vec<AuditRecord> =
             state.audit(Some(&s), None)?.into_iter().filter(|r| r.location == l).collect();
         audit.reverse();

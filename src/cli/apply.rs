@@ -9,6 +9,7 @@ use clap::{Args, Subcommand};
 use super::{GlobalArgs, Output, checked, exit, parse_duration};
 use crate::artifact::PlanArtifact;
 use crate::config::check::Plan;
+use crate::db::StoreAt;
 use crate::ops::apply::{ApplyError, ApplyOptions, ApplyReport, apply, summary_line};
 use crate::ops::rollback::{plan_rollback, select};
 use crate::render::{self, Format};
@@ -101,9 +102,27 @@ fn state_dir_for(plan: Option<&Path>, g: &GlobalArgs) -> PathBuf {
     }
 }
 
-fn open_existing_state(dir: &Path) -> anyhow::Result<StateStore> {
-    StateStore::open_existing(dir)?.ok_or_else(|| {
-        anyhow::anyhow!("no state at {}: nothing has been applied with this state folder yet", dir.display())
+/// Where the state of a command with an optional plan lives: the plan's
+/// `state:` (only its YAML is read, so a plan whose inputs moved still works),
+/// else SQLite in the state folder.
+fn state_at_for(plan: Option<&Path>, g: &GlobalArgs) -> anyhow::Result<StoreAt> {
+    let dir = state_dir_for(plan, g);
+    let Some(path) = plan else { return Ok(StoreAt::sqlite(dir)) };
+    let loaded = crate::config::load::load_file(path, &path.display().to_string()).map_err(|d| {
+        let first = d.iter().next().map(ToString::to_string).unwrap_or_default();
+        anyhow::anyhow!("cannot read the plan's `state:` settings:\n{first}")
+    })?;
+    Ok(StoreAt::from_config(dir, &loaded.config.state, "state")?)
+}
+
+fn open_existing_state(at: &StoreAt) -> anyhow::Result<StateStore> {
+    StateStore::open_existing_at(at)?.ok_or_else(|| match &at.url_env {
+        Some(var) => anyhow::anyhow!(
+            "no state in the state store (postgres ${var}): nothing has been applied with this state yet"
+        ),
+        None => {
+            anyhow::anyhow!("no state at {}: nothing has been applied with this state folder yet", at.dir.display())
+        }
     })
 }
 
@@ -172,7 +191,7 @@ pub fn run_apply(args: ApplyArgs, g: &GlobalArgs, out: &Output) -> anyhow::Resul
             }
         }
     }
-    let mut state = StateStore::open(&plan.state_dir(g.state.as_deref()))?;
+    let mut state = StateStore::open_for(&plan, g.state.as_deref())?;
     let opts = apply_options(g, out, args.allow_large)?;
     run_and_report(&plan, &doc, kind, &mut state, &opts, out)
 }
@@ -268,7 +287,7 @@ pub fn print_refusals(
 /// `rollback`.
 pub fn run_rollback(args: RollbackArgs, g: &GlobalArgs, out: &Output) -> anyhow::Result<u8> {
     let Some(plan) = checked(&args.plan, out) else { return Ok(exit::ERROR) };
-    let mut state = open_existing_state(&plan.state_dir(g.state.as_deref()))?;
+    let mut state = open_existing_state(&plan.state_at(g.state.as_deref())?)?;
     if let Some(id) = &args.cutover_id {
         return rollback_cutover(&plan, &mut state, id, &args, g, out);
     }
@@ -345,7 +364,7 @@ fn rollback_cutover(
 
 /// `audit`.
 pub fn run_audit(args: AuditArgs, g: &GlobalArgs, out: &Output) -> anyhow::Result<u8> {
-    let state = open_existing_state(&state_dir_for(args.plan.as_deref(), g))?;
+    let state = open_existing_state(&state_at_for(args.plan.as_deref(), g)?)?;
     let records = state.audit(args.sku.as_deref(), args.apply_id.as_deref())?;
     if args.format == Format::Json {
         out.result(&format!("{}\n", serde_json::to_string_pretty(&records)?));
@@ -380,7 +399,7 @@ pub fn run_audit(args: AuditArgs, g: &GlobalArgs, out: &Output) -> anyhow::Resul
 pub fn run_state(cmd: StateCommand, g: &GlobalArgs, out: &Output) -> anyhow::Result<u8> {
     match cmd {
         StateCommand::List { plan, format } => {
-            let state = open_existing_state(&state_dir_for(plan.as_deref(), g))?;
+            let state = open_existing_state(&state_at_for(plan.as_deref(), g)?)?;
             let ops = state.operations()?;
             if format == Format::Json {
                 let (lineage, serial) = state.lineage_serial()?;
@@ -413,7 +432,7 @@ pub fn run_state(cmd: StateCommand, g: &GlobalArgs, out: &Output) -> anyhow::Res
             Ok(exit::OK)
         }
         StateCommand::Show { id, plan, format } => {
-            let state = open_existing_state(&state_dir_for(plan.as_deref(), g))?;
+            let state = open_existing_state(&state_at_for(plan.as_deref(), g)?)?;
             let op = state.operation(&id)?.ok_or_else(|| anyhow::anyhow!("no operation with id {id}"))?;
             if format == Format::Json {
                 out.result(&format!("{}\n", serde_json::to_string_pretty(&op)?));
@@ -437,7 +456,7 @@ pub fn run_state(cmd: StateCommand, g: &GlobalArgs, out: &Output) -> anyhow::Res
 
 /// `force-unlock`.
 pub fn run_force_unlock(id: &str, plan: Option<&Path>, g: &GlobalArgs, out: &Output) -> anyhow::Result<u8> {
-    let state = open_existing_state(&state_dir_for(plan, g))?;
+    let state = open_existing_state(&state_at_for(plan, g)?)?;
     match state.force_unlock(id)? {
         Some(info) => {
             out.result(&format!(

@@ -244,7 +244,7 @@ pub fn state_ref(
     plan: &crate::config::check::Plan,
     g: &GlobalArgs,
 ) -> anyhow::Result<Option<crate::artifact::StateRef>> {
-    let state = crate::state::StateStore::open_existing(&plan.state_dir(g.state.as_deref()))?;
+    let state = crate::state::StateStore::open_existing_for(plan, g.state.as_deref())?;
     Ok(state
         .as_ref()
         .map(|s| s.lineage_serial())

@@ -86,7 +86,7 @@ pub fn run(args: ReconcileArgs, g: &GlobalArgs, out: &Output) -> anyhow::Result<
         apply.lock_timeout = parse_duration(&g.lock_timeout)?;
         apply.progress = !g.quiet && std::io::stderr().is_terminal();
         let fix_opts = FixOptions { apply, include_bundles: args.include_bundles, include_queued: args.include_queued };
-        let mut state = StateStore::open(&plan.state_dir(g.state.as_deref()))?;
+        let mut state = StateStore::open_for(&plan, g.state.as_deref())?;
         match crate::ops::reconcile::fix(&plan, &report, &mut state, &fix_opts) {
             Ok(f) => report.fix = Some(f),
             Err(e @ (ApplyError::TooLarge { .. } | ApplyError::Lock(_))) => refused = Some(e),

@@ -20,6 +20,10 @@ pub struct ReplayArgs {
     /// queue first; duplicates of queued events are dropped.
     #[arg(long, value_name = "FILE.jsonl")]
     pub from: Option<PathBuf>,
+    /// With --from: only queue the file's events; apply nothing (a later
+    /// `replay`, `cutover` or the replay workers of a shared queue do).
+    #[arg(long, requires = "from", conflicts_with = "follow")]
+    pub queue_only: bool,
     /// Keep applying new events as they arrive (continuous sync); waits while frozen.
     #[arg(long)]
     pub follow: bool,
@@ -50,7 +54,7 @@ fn discard(queue: &mut crate::events::queue::Queue, which: &str, reason: &str, o
     }
     match queue.get(source, id)? {
         None => {
-            out.error(&anyhow::anyhow!("no event `{id}` from source `{source}` in {}", queue.path().display()));
+            out.error(&anyhow::anyhow!("no event `{id}` from source `{source}` in {}", queue.location()));
             Ok(exit::ERROR)
         }
         Some(e) if e.status != Status::Queued => {
@@ -118,8 +122,11 @@ pub fn run(args: ReplayArgs, g: &GlobalArgs, out: &Output) -> anyhow::Result<u8>
             path.display(),
             events.len() - new
         ));
+        if args.queue_only {
+            return Ok(exit::OK);
+        }
     }
-    let mut state = StateStore::open(&plan.state_dir(g.state.as_deref()))?;
+    let mut state = StateStore::open_for(&plan, g.state.as_deref())?;
     let mut opts = ApplyOptions::new(Actor::current(std::env::args().skip(1).collect::<Vec<_>>().join(" ")));
     opts.lock_timeout = parse_duration(&g.lock_timeout)?;
     opts.progress = !g.quiet && std::io::stderr().is_terminal();

@@ -37,8 +37,9 @@ pub fn run(args: ServeArgs, g: &GlobalArgs, out: &Output) -> anyhow::Result<u8> 
     if sources.is_empty() && kafka.is_empty() {
         out.note("warning: the plan lists no events.sources; only /healthz and /metrics are served");
     }
-    let queue_path = crate::events::queue_path(&plan, g.state.as_deref())?;
-    out.note(&format!("Event queue: {}", queue_path.display()));
+    let queue_at = plan.queue_at(g.state.as_deref())?;
+    out.note(&format!("Event queue: {}", crate::events::describe_queue(&queue_at)));
+    let queue = crate::events::queue_opener(&plan, queue_at);
     for s in &sources {
         out.note(&format!("Source `{}` ({}): POST /webhooks/{}", s.name, s.kind.as_str(), s.name));
     }
@@ -48,13 +49,21 @@ pub fn run(args: ServeArgs, g: &GlobalArgs, out: &Output) -> anyhow::Result<u8> 
     }
     let freeze = plan.config.freeze.clone();
     let state_dir = plan.state_dir(g.state.as_deref());
-    let admin = crate::admin::mount(plan, state_dir, queue_path.clone(), listen);
+    let state = plan.state_at(g.state.as_deref())?;
+    let admin = crate::admin::mount(plan, state_dir, queue.clone(), listen);
     if let Some(note) = &admin.note {
         out.note(note);
     }
-    let consumers = Consumers::start(kafka, &queue_path)?;
-    let served =
-        server::run(ServeOptions { listen, queue_path, sources, freeze, verbose: g.verbose > 0, admin: admin.router });
+    let consumers = Consumers::start(kafka, queue.clone())?;
+    let served = server::run(ServeOptions {
+        listen,
+        queue,
+        sources,
+        freeze,
+        verbose: g.verbose > 0,
+        admin: admin.router,
+        state,
+    });
     consumers.stop();
     served?;
     Ok(exit::OK)

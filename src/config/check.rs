@@ -45,6 +45,21 @@ impl Plan {
         over.map(Path::to_path_buf).unwrap_or_else(|| self.dir.join(".stockshift"))
     }
 
+    /// Where the state store lives (`state:` in the plan), its local files in
+    /// the state folder.
+    pub fn state_at(&self, over: Option<&Path>) -> Result<crate::db::StoreAt, crate::db::DbError> {
+        crate::db::StoreAt::from_config(self.state_dir(over), &self.config.state, "state")
+    }
+
+    /// Where the event queue lives (`events.queue:`; SQLite when there is no
+    /// `events:` block).
+    pub fn queue_at(&self, over: Option<&Path>) -> Result<crate::db::StoreAt, crate::db::DbError> {
+        match &self.config.events {
+            Some(ev) => crate::db::StoreAt::from_config(self.state_dir(over), &ev.queue, "events.queue"),
+            None => Ok(crate::db::StoreAt::sqlite(self.state_dir(over))),
+        }
+    }
+
     /// How to show a path from the plan in messages (relative to where the user is).
     pub fn shown(&self, p: &str) -> String {
         display_join(&self.dir, p)
@@ -401,12 +416,31 @@ pub fn check_file(path: &Path) -> Result<Plan, Diagnostics> {
         let Some(s) = store else { continue };
         let at = |key: &str| -> Vec<Seg> { name.split('.').map(k).chain([k(key)]).collect() };
         if s.backend == StoreBackend::Postgres {
-            let pos = ck.at(&at("backend"));
-            ck.error(
-                pos,
-                format!("`{name}.backend: postgres` is not available in this version"),
-                "Use `backend: sqlite` (the default: a file in the state folder, no server needed).",
-            );
+            match s.url_env.as_deref() {
+                None => {
+                    let pos = ck.at(&at("backend"));
+                    ck.error(
+                        pos,
+                        format!("`{name}.backend: postgres` needs `url_env`"),
+                        format!(
+                            "Add `url_env: STOCKSHIFT_{}_URL` naming the environment variable that holds the connection URL.",
+                            if name == "state" { "STATE" } else { "QUEUE" }
+                        ),
+                    );
+                }
+                Some(var) if looks_like_secret(var) => {} // reported with the other `*_env` keys
+                Some(var) if std::env::var_os(var).is_none_or(|v| v.is_empty()) => {
+                    let pos = ck.at(&at("url_env"));
+                    ck.error(
+                        pos,
+                        format!("Environment variable `{var}` (named by `{name}.url_env`) is not set"),
+                        format!(
+                            "Export it before running stockshift, e.g. `export {var}=postgres://user@host/db`; its value is never printed."
+                        ),
+                    );
+                }
+                Some(_) => {}
+            }
         } else if s.url_env.is_some() {
             let pos = ck.at(&at("url_env"));
             ck.warning(

@@ -10,7 +10,7 @@
 //! * [`event`]: the normalized event, its strict JSON form and `.jsonl` files.
 //! * [`signature`]: Shopify and Standard Webhooks HMAC signatures.
 //! * [`shopify`], [`standard`]: the two webhook dialects; [`source`]: a configured source.
-//! * [`queue`]: the durable SQLite queue, the API replay builds on; [`epoch`]: the
+//! * [`queue`]: the durable queue (SQLite or PostgreSQL), the API replay builds on; [`epoch`]: the
 //!   compact read of the events a replay folds.
 //! * [`ingest`]: the single writer thread doing group commits.
 //! * [`freeze`]: the freeze flag and window.
@@ -23,6 +23,7 @@ pub mod freeze;
 pub mod ingest;
 pub mod kafka;
 pub mod metrics;
+pub mod partition;
 pub mod queue;
 pub mod server;
 pub mod shopify;
@@ -34,25 +35,47 @@ pub use event::{Change, Event, read_jsonl};
 pub use freeze::{FreezeState, is_frozen};
 pub use queue::{Backlog, EventKey, Insert, Queue, QueueError, QueuedEvent, Status};
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 
 use crate::config::check::Plan;
-use crate::config::model::StoreBackend;
+use crate::db::StoreAt;
 
-/// The queue file of a plan: `<state dir>/events.db`, where the state dir is
-/// `--state DIR` or `.stockshift/` beside the plan. Refuses backends other than SQLite.
-pub fn queue_path(plan: &Plan, state_override: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if let Some(ev) = &plan.config.events
-        && ev.queue.backend != StoreBackend::Sqlite
-    {
-        anyhow::bail!(
-            "events.queue.backend `postgres` is not supported yet by this stockshift; use `sqlite` (the default)"
-        );
+/// Opens a connection to a plan's queue (one per thread or task): see [`queue_opener`].
+pub type QueueOpener = Arc<dyn Fn() -> Result<Queue, QueueError> + Send + Sync>;
+
+/// Where the plan's queue is, for messages: the SQLite file, or the PostgreSQL
+/// schema and the variable holding its URL (never the URL).
+pub fn describe_queue(at: &StoreAt) -> String {
+    match &at.url_env {
+        Some(var) if at.is_postgres() => format!("postgres (${var}), schema {}", queue::PG_SCHEMA),
+        _ => Queue::path_in(&at.dir).display().to_string(),
     }
-    Ok(Queue::path_in(&plan.state_dir(state_override)))
 }
 
-/// Opens (creating when needed) the plan's event queue.
+/// Opens the queue at `at` for `plan`. A shared (PostgreSQL) queue gets the
+/// plan's partitioner, so that every receiver files an event under the
+/// partition the replay workers look for it in.
+pub fn open_queue_at(plan: &Plan, at: &StoreAt) -> Result<Queue, QueueError> {
+    queue_opener(plan, at.clone())()
+}
+
+/// A function opening the plan's queue at `at` (with the plan's partitioner
+/// when it is shared), for servers that open one connection per thread.
+pub fn queue_opener(plan: &Plan, at: StoreAt) -> QueueOpener {
+    let partitioner = at.is_postgres().then(|| partition::Partitioner::for_plan(plan, queue::PARTITIONS));
+    Arc::new(move || {
+        let mut q = Queue::open_at(&at)?;
+        if let Some(f) = &partitioner {
+            q.set_partitioner(f.clone());
+        }
+        Ok(q)
+    })
+}
+
+/// Opens (creating when needed) the plan's event queue: `events.queue` of the
+/// plan, its SQLite file `<state dir>/events.db`, where the state dir is
+/// `--state DIR` or `.stockshift/` beside the plan.
 pub fn open_queue(plan: &Plan, state_override: Option<&Path>) -> anyhow::Result<Queue> {
-    Ok(Queue::open(&queue_path(plan, state_override)?)?)
+    Ok(open_queue_at(plan, &plan.queue_at(state_override)?)?)
 }

@@ -13,7 +13,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
@@ -46,8 +45,9 @@ pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1
 /// What `serve` needs to run.
 pub struct ServeOptions {
     pub listen: SocketAddr,
-    /// `<state dir>/events.db`.
-    pub queue_path: PathBuf,
+    /// Opens the event queue (`<state dir>/events.db`, or PostgreSQL): one
+    /// connection for the writer, one for `/healthz` and `/metrics`.
+    pub queue: super::QueueOpener,
     pub sources: Vec<Source>,
     /// The plan's freeze window, reported by `/healthz`.
     pub freeze: Option<FreezeConfig>,
@@ -55,6 +55,9 @@ pub struct ServeOptions {
     pub verbose: bool,
     /// The admin page's routes (`crate::admin::mount`), when it is on.
     pub admin: Option<Router>,
+    /// The state store, whose write and oversell counters and reconcile gauges
+    /// `/metrics` reports.
+    pub state: crate::db::StoreAt,
 }
 
 struct Route {
@@ -71,8 +74,8 @@ struct AppState {
     prometheus: PrometheusHandle,
     backlog: Gauge,
     verbose: bool,
-    /// The state folder, whose state store records writes and oversells.
-    state_dir: std::path::PathBuf,
+    /// The state store, which records writes and oversells.
+    state_at: crate::db::StoreAt,
     /// When the last reconcile seen in the state store ran (its duration is recorded once).
     last_reconcile: Mutex<Option<String>>,
 }
@@ -81,8 +84,8 @@ struct AppState {
 /// stderr once the socket is bound (with the real port when `listen` has port 0).
 pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
     let prometheus = m::install().map_err(anyhow::Error::msg)?;
-    let queue = Queue::open(&opts.queue_path)?;
-    let reader = Queue::open(&opts.queue_path)?;
+    let queue = (opts.queue)()?;
+    let reader = (opts.queue)()?;
     let routes = opts
         .sources
         .into_iter()
@@ -92,9 +95,8 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
         })
         .collect();
     let (ingest, writer) = Ingest::start(queue);
-    let state_dir = opts.queue_path.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
     let state = Arc::new(AppState {
-        state_dir,
+        state_at: opts.state,
         last_reconcile: Mutex::new(None),
         routes,
         ingest,
@@ -276,10 +278,15 @@ async fn webhook(State(st): State<Arc<AppState>>, Path(name): Path<String>, req:
 async fn healthz(State(st): State<Arc<AppState>>) -> Response {
     let st2 = st.clone();
     let read = tokio::task::spawn_blocking(move || {
-        let q = st2.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let mut q = st2.reader.lock().unwrap_or_else(|p| p.into_inner());
         let now = Timestamp::now();
-        let backlog = q.backlog().map_err(|e| e.to_string())?;
-        let manual = q.manual_freeze().map_err(|e| e.to_string())?;
+        // A lost PostgreSQL connection is opened again at the next request.
+        let read = |q: &Queue| Ok::<_, super::QueueError>((q.backlog()?, q.manual_freeze()?));
+        let (backlog, manual) = match read(&q) {
+            Ok(r) => r,
+            Err(_) if q.reconnect_if_lost().is_ok() => read(&q).map_err(|e| e.to_string())?,
+            Err(e) => return Err(e.to_string()),
+        };
         let freeze = FreezeState::evaluate(st2.freeze.as_ref(), manual, now)?;
         Ok::<_, String>((backlog.to_json(now), freeze.to_json(), backlog.total))
     })
@@ -297,7 +304,8 @@ async fn healthz(State(st): State<Arc<AppState>>) -> Response {
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     let st2 = st.clone();
     let count = tokio::task::spawn_blocking(move || {
-        st2.reader.lock().unwrap_or_else(|p| p.into_inner()).queued_count().map_err(|e| e.to_string())
+        let mut q = st2.reader.lock().unwrap_or_else(|p| p.into_inner());
+        q.queued_count().or_else(|_| q.reconnect_if_lost().and_then(|()| q.queued_count())).map_err(|e| e.to_string())
     })
     .await;
     match count {
@@ -307,10 +315,10 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     }
     // Writes and oversells are made by other processes too (apply, replay): the state
     // store is the record, so the counters are read from it at each scrape.
-    let state_dir = st.state_dir.clone();
+    let state_at = st.state_at.clone();
     type Recorded = (crate::state::Counts, u64, Vec<(String, f64, String)>);
     let recorded = tokio::task::spawn_blocking(move || -> Result<Option<Recorded>, String> {
-        let Some(store) = crate::state::StateStore::open_existing(&state_dir).map_err(|e| e.to_string())? else {
+        let Some(store) = crate::state::StateStore::open_existing_at(&state_at).map_err(|e| e.to_string())? else {
             return Ok(None);
         };
         let counts = store.write_counts().map_err(|e| e.to_string())?;

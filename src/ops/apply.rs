@@ -193,7 +193,7 @@ pub fn apply_to(
 ) -> Result<ApplyReport, ApplyError> {
     let started = Instant::now();
     // The lock guard lives in its own store handle so it is released on every path.
-    let lock_store = StateStore::open(state.path().parent().unwrap_or(std::path::Path::new(".")))?;
+    let lock_store = state.reopen()?;
     let guard = lock_store.lock(kind.as_str(), &opts.actor, opts.lock_timeout)?;
     let took_over_lock = guard.took_over.clone();
     let own = check_stale(plan, doc, state)?;
@@ -301,8 +301,19 @@ pub struct ExecRun {
 /// operation is then marked `interrupted`. (Re-running the same saved plan
 /// resumes it instead; this is for a new plan made after the kill.)
 pub fn recover_interrupted(state: &mut StateStore, target: &mut dyn Provider) -> Result<u64, ApplyError> {
+    recover_interrupted_in(state, target, None)
+}
+
+/// [`recover_interrupted`] for the operations of one scope (see
+/// [`StateStore::begin_scoped`]; `None`: whole-state operations). The caller
+/// holds the lock that keeps any other process from running them.
+pub fn recover_interrupted_in(
+    state: &mut StateStore,
+    target: &mut dyn Provider,
+    scope: Option<&str>,
+) -> Result<u64, ApplyError> {
     let mut pending: Vec<(String, u64, String, String, Option<i64>, i64)> = Vec::new();
-    for intent in state.unfinished_intents()? {
+    for intent in state.unfinished_intents_in(scope)? {
         if !intent.writes.is_empty() {
             pending.extend(
                 intent.writes.into_iter().map(|(seq, sku, loc, b, a)| (intent.op_id.clone(), seq, sku, loc, b, a)),
@@ -318,8 +329,12 @@ pub fn recover_interrupted(state: &mut StateStore, target: &mut dyn Provider) ->
             }
         }
     }
-    let mut ops: Vec<String> =
-        state.operations()?.into_iter().filter(|o| o.status == "running").map(|o| o.id).collect();
+    let mut ops: Vec<String> = state
+        .operations()?
+        .into_iter()
+        .filter(|o| o.status == "running" && o.scope.as_deref() == scope)
+        .map(|o| o.id)
+        .collect();
     ops.dedup();
     if pending.is_empty() {
         for op in &ops {
@@ -434,7 +449,7 @@ pub fn save_snapshot(plan: &Plan, doc: &PlanArtifact, state: &mut StateStore, op
     let Some(input) = doc.inputs.iter().find(|i| i.role == "source") else { return Ok(()) };
     let from = plan.resolve(&input.path);
     let ext = from.extension().and_then(|e| e.to_str()).unwrap_or("snapshot");
-    let dir = state.path().parent().unwrap_or(std::path::Path::new(".")).join("snapshots");
+    let dir = state.dir().join("snapshots");
     let to = dir.join(format!("{}.{ext}", input.sha256));
     let io = |e: std::io::Error| StateError::Io { path: to.display().to_string(), message: e.to_string() };
     if !to.is_file() {

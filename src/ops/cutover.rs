@@ -139,8 +139,8 @@ impl Runner<'_, '_, '_> {
 
 /// Runs (or resumes) a cutover. See the module docs.
 pub fn cutover(plan: &Plan, state_dir: &Path, opts: &mut CutoverOptions<'_>) -> Result<CutoverReport, CutoverError> {
-    let mut state = StateStore::open(state_dir).map_err(anyhow::Error::from)?;
-    let queue = Queue::open(&Queue::path_in(state_dir)).map_err(anyhow::Error::from)?;
+    let mut state = StateStore::open_for(plan, Some(state_dir)).map_err(anyhow::Error::from)?;
+    let queue = crate::events::open_queue(plan, Some(state_dir))?;
     let (row, resumed) = match state.running_cutover().map_err(anyhow::Error::from)? {
         Some(r) if r.plan_sha256 == plan.sha256 => (r, true),
         Some(r) => {

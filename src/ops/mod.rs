@@ -10,3 +10,4 @@ pub mod replay;
 pub mod rollback;
 pub mod snapshot;
 pub mod validate;
+pub mod workers;

@@ -295,7 +295,7 @@ pub fn run(plan: &Plan, opts: &ReconcileOptions<'_>) -> Result<Report, Reconcile
     }
 
     // Causes, from what stockshift last wrote.
-    let state = StateStore::open_existing(&plan.state_dir(opts.state_dir))?;
+    let state = StateStore::open_existing_for(plan, opts.state_dir)?;
     if let Some(state) = &state
         && !drift.is_empty()
     {
@@ -497,7 +497,7 @@ pub fn run(plan: &Plan, opts: &ReconcileOptions<'_>) -> Result<Report, Reconcile
     salable(plan, &mut report, state.as_ref());
     // Kept in the state store (when there is one), so `serve`'s /metrics reports the
     // gauges and its admin page lists the drift.
-    if let Some(mut st) = StateStore::open_existing(&plan.state_dir(opts.state_dir))? {
+    if let Some(mut st) = StateStore::open_existing_for(plan, opts.state_dir)? {
         st.set_gauges(&[("drift_keys", drifted as f64), ("drift_ratio", drift_ratio), ("reconcile_seconds", seconds)])?;
         save(&report, &mut st)?;
     }
@@ -646,58 +646,22 @@ pub fn seconds(x: f64) -> String {
 }
 
 /// The value stockshift last wrote to each key: the `after` of the newest audit row
-/// with outcome `applied` or `already_applied` (any operation kind). A read-only
-/// query on the state database.
-///
-/// Few keys against a large audit log: one indexed lookup per key. Many keys: one
-/// scan of the audit log in id order, keeping the newest row per wanted key.
+/// with outcome `applied` or `already_applied` (any operation kind); see
+/// [`StateStore::last_written`].
 pub fn last_written(state: &StateStore, keys: &[(&str, &str)]) -> Result<Vec<Option<i64>>, StateError> {
-    let conn = state.conn();
-    let err = |source| StateError::Sqlite { path: state.path().display().to_string(), source };
-    let rows: i64 = conn.query_row("SELECT coalesce(max(id), 0) FROM audit", [], |r| r.get(0)).map_err(err)?;
-    let mut out = vec![None; keys.len()];
-    if rows == 0 || keys.is_empty() {
-        return Ok(out);
-    }
-    if (keys.len() as i64).saturating_mul(16) < rows {
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT after FROM audit WHERE sku = ?1 AND location = ?2
-                 AND outcome IN ('applied', 'already_applied') ORDER BY id DESC LIMIT 1",
-            )
-            .map_err(err)?;
-        for (slot, (sku, loc)) in out.iter_mut().zip(keys) {
-            *slot = stmt.query_row([sku, loc], |r| r.get(0)).map(Some).or_else(|e| match e {
-                rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                e => Err(err(e)),
-            })?;
-        }
-        return Ok(out);
-    }
-    let index: HashMap<(&str, &str), usize> = keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
-    let mut stmt = conn
-        .prepare("SELECT sku, location, after FROM audit WHERE outcome IN ('applied', 'already_applied') ORDER BY id")
-        .map_err(err)?;
-    let mut q = stmt.query([]).map_err(err)?;
-    while let Some(r) = q.next().map_err(err)? {
-        let sku = r.get_ref(0).map_err(err)?.as_str().unwrap_or_default();
-        let loc = r.get_ref(1).map_err(err)?.as_str().unwrap_or_default();
-        if let Some(&i) = index.get(&(sku, loc)) {
-            out[i] = Some(r.get(2).map_err(err)?);
-        }
-    }
-    Ok(out)
+    state.last_written(keys)
 }
 
-/// Opens the plan's event queue when its file exists and reads the counts per
+/// Opens the plan's event queue when it exists (a PostgreSQL queue always does)
+/// and reads the counts per
 /// status and, when `keys` is set and there is a backlog, the target keys queued
 /// events will change.
 fn read_queue(plan: &Plan, state_dir: Option<&Path>, keys: bool) -> anyhow::Result<Option<QueueFigures>> {
-    let path = crate::events::queue_path(plan, state_dir)?;
-    if !path.is_file() {
+    let at = plan.queue_at(state_dir)?;
+    if !at.is_postgres() && !Queue::path_in(&at.dir).is_file() {
         return Ok(None);
     }
-    let queue = Queue::open(&path)?;
+    let queue = crate::events::open_queue_at(plan, &at)?;
     let counts = queue.counts()?;
     let mut queued_keys = HashSet::new();
     if keys && counts.get(&Status::Queued).copied().unwrap_or(0) > 0 {
@@ -770,7 +734,7 @@ pub fn fix_to(
     if writes.is_empty() {
         return Ok(fr);
     }
-    let lock_store = StateStore::open(state.path().parent().unwrap_or(Path::new(".")))?;
+    let lock_store = state.reopen()?;
     let guard = lock_store.lock(OpKind::Fix.as_str(), &opts.apply.actor, opts.apply.lock_timeout)?;
     fr.took_over_lock = guard.took_over.clone();
     let run_id = uuid::Uuid::new_v4().to_string();

@@ -75,6 +75,28 @@ pub struct ReplayReport {
 }
 
 impl ReplayReport {
+    /// Adds another pass's report to this one (several partitions, one run).
+    pub fn absorb(&mut self, o: ReplayReport) {
+        self.events += o.events;
+        self.applied += o.applied;
+        self.superseded += o.superseded;
+        self.failed += o.failed;
+        self.writes.applied += o.writes.applied;
+        self.writes.already_applied += o.writes.already_applied;
+        self.writes.conflicts += o.writes.conflicts;
+        self.writes.failed += o.writes.failed;
+        self.conflicts.extend(o.conflicts);
+        self.failures.extend(o.failures);
+        self.unmapped.extend(o.unmapped);
+        self.oversells += o.oversells;
+        self.oversold_units += o.oversold_units;
+        if o.op_id.is_some() {
+            self.op_id = o.op_id;
+        }
+        self.settled.extend(o.settled);
+        self.elapsed_secs += o.elapsed_secs;
+    }
+
     /// The closing summary line.
     pub fn summary(&self) -> String {
         format!(
@@ -160,18 +182,48 @@ pub fn replay_to(
     target: &mut dyn Provider,
     opts: &ApplyOptions,
 ) -> Result<ReplayReport, ReplayError> {
-    let started = Instant::now();
-    let lock_store = StateStore::open(state.path().parent().unwrap_or(std::path::Path::new(".")))?;
+    if queue.is_shared() {
+        // A PostgreSQL queue may have several workers: take partitions, not the whole state.
+        return crate::ops::workers::replay_shared(plan, state, queue, target, opts);
+    }
+    let lock_store = state.reopen()?;
     let _guard = lock_store.lock(OpKind::Replay.as_str(), &opts.actor, opts.lock_timeout).map_err(ApplyError::from)?;
+    crate::ops::apply::recover_interrupted(state, target)?;
+    replay_scope(plan, state, queue, target, opts, None)
+}
+
+/// The partitions one replay pass of a shared queue holds (see `ops::workers`).
+pub struct Scope<'a> {
+    /// The partitions whose locks the caller holds.
+    pub parts: &'a [u32],
+    pub partitioner: &'a crate::events::partition::Partitioner,
+    /// Recorded with the operation, so that only a holder of these partitions
+    /// recovers it after a crash.
+    pub op_scope: &'a str,
+}
+
+/// One replay of the queued events of `scope`'s partitions (all events when
+/// `None`); the caller holds the lock that makes it the only writer there and
+/// has recovered interrupted operations.
+pub fn replay_scope(
+    plan: &Plan,
+    state: &mut StateStore,
+    queue: &mut Queue,
+    target: &mut dyn Provider,
+    opts: &ApplyOptions,
+    scope: Option<&Scope<'_>>,
+) -> Result<ReplayReport, ReplayError> {
+    let started = Instant::now();
     let mut report = ReplayReport::default();
+    let parts = scope.map(|s| s.parts);
 
     // Every stored event, in arrival order; only the keys with queued events are replayed.
-    if queue.queued_count()? == 0 {
+    if queue.queued_count_parts(parts)? == 0 {
         report.elapsed_secs = started.elapsed().as_secs_f64();
         return Ok(report);
     }
     let (_, snapshot_path, since) = state.last_snapshot()?.ok_or(ReplayError::NoSnapshot)?;
-    let epoch = epoch::read(queue, since.parse().ok())?;
+    let mut epoch = epoch::read_parts(queue, since.parse().ok(), parts)?;
 
     let side_of: HashMap<&str, EventSide> = plan
         .config
@@ -185,6 +237,27 @@ pub fn replay_to(
         .map(|s| side_of.get(s.as_str()).copied().unwrap_or_default() == EventSide::Target)
         .collect();
     let m = &plan.mapping;
+    // Each event's partition as the plan says now: those that belong elsewhere
+    // (the mapping changed since they were queued) move there, untouched here.
+    let part_of: Vec<[u32; 2]> = match scope {
+        Some(s) => {
+            epoch.keys.iter().map(|(sku, _)| [s.partitioner.of_source(m, sku), s.partitioner.of_target(sku)]).collect()
+        }
+        None => Vec::new(),
+    };
+    let part = |e: &EpochEvent| part_of.get(e.key as usize).map_or(0, |p| p[target_side[e.source as usize] as usize]);
+    if let Some(s) = scope {
+        let mut moving: BTreeMap<u32, Vec<i64>> = BTreeMap::new();
+        for e in epoch.events.iter().filter(|e| !s.parts.contains(&part(e))) {
+            moving.entry(part(e)).or_default().push(e.seq);
+        }
+        if !moving.is_empty() {
+            for (p, seqs) in &moving {
+                queue.rehome(seqs, *p)?;
+            }
+            epoch.events.retain(|e| s.parts.contains(&part(e)));
+        }
+    }
 
     let (mut by_source_key, mut by_target_key) = group(&epoch, |e| target_side[e.source as usize]);
     // Folds of every source key with events: a target key that merges several
@@ -310,8 +383,7 @@ pub fn replay_to(
     let mut bad_targets: HashSet<Key> = HashSet::new();
     if !writes.is_empty() {
         let run_id = uuid::Uuid::new_v4().to_string();
-        crate::ops::apply::recover_interrupted(state, target)?;
-        let op = state.begin(
+        let op = state.begin_scoped(
             OpKind::Replay,
             &NewOperation {
                 plan_name: &plan.config.name,
@@ -321,6 +393,7 @@ pub fn replay_to(
                 rollback_of: None,
             },
             &opts.actor,
+            scope.map(|s| s.op_scope),
         )?;
         let pending: Vec<usize> = (0..writes.len()).collect();
         let write_of = |i: usize| writes[i].clone();
@@ -382,15 +455,35 @@ pub fn replay_to(
     // Settle: consecutive seqs become one run each (see `Queue::settle`).
     let mut settled: Vec<i64> = applied.iter().chain(&superseded).copied().collect();
     settled.sort_unstable();
-    queue.settle(&settled, &superseded)?;
+    match scope {
+        None => {
+            queue.settle(&settled, &superseded)?;
+        }
+        Some(_) => {
+            // Settled per partition: a settled run covers one partition's events.
+            let part_of_seq: HashMap<i64, u32> = epoch.events.iter().map(|e| (e.seq, part(e))).collect();
+            let mut by_part: BTreeMap<u32, (Vec<i64>, Vec<i64>)> = BTreeMap::new();
+            for s in &settled {
+                by_part.entry(part_of_seq[s]).or_default().0.push(*s);
+            }
+            for s in &superseded {
+                by_part.entry(part_of_seq[s]).or_default().1.push(*s);
+            }
+            for (p, (seqs, sup)) in &by_part {
+                queue.settle_part(Some(*p), seqs, sup)?;
+            }
+        }
+    }
     report.settled = applied.iter().chain(&superseded).copied().collect();
     report.unmapped = failed.iter().map(|(_, msg)| msg.clone()).collect();
     report.applied = applied.len() as u64;
     report.superseded = superseded.len() as u64;
     report.failed += failed.iter().map(|(n, _)| n).sum::<u64>();
     report.events = report.applied + report.superseded + report.failed;
-    let backlog = queue.queued_count()?;
-    metrics::gauge!("stockshift_replay_backlog").set(backlog as f64);
+    if scope.is_none() {
+        let backlog = queue.queued_count()?;
+        metrics::gauge!("stockshift_replay_backlog").set(backlog as f64);
+    }
     report.elapsed_secs = started.elapsed().as_secs_f64();
     Ok(report)
 }

@@ -46,7 +46,7 @@ pub fn select(state: &StateStore, apply_id: Option<&str>) -> Result<Operation, R
     // The newest apply: a replay's writes are undone with --apply-id (or with the cutover that made them).
     ops.into_iter()
         .find(|o| o.kind == OpKind::Apply)
-        .ok_or_else(|| RollbackError::NothingApplied(state.path().display().to_string()))
+        .ok_or_else(|| RollbackError::NothingApplied(state.shown().to_owned()))
 }
 
 /// Builds the rollback plan for `op`, reading the target's current values.
@@ -58,7 +58,7 @@ pub fn plan_rollback(plan: &Plan, state: &StateStore, op: Operation) -> Result<R
 /// replays): per key, the value before the first of them and after the last.
 /// The first operation is the one recorded as rolled back by the plan.
 pub fn plan_rollback_ops(plan: &Plan, state: &StateStore, ops: Vec<Operation>) -> Result<RollbackPlan, RollbackError> {
-    let op = ops.first().cloned().ok_or_else(|| RollbackError::NothingApplied(state.path().display().to_string()))?;
+    let op = ops.first().cloned().ok_or_else(|| RollbackError::NothingApplied(state.shown().to_owned()))?;
     let (lineage, serial) = state.lineage_serial()?;
     let meta = PlanMeta { name: plan.config.name.clone(), config_sha256: plan.sha256.clone(), path: plan.file.clone() };
     let mut doc = PlanArtifact {

@@ -412,7 +412,7 @@ pub fn run(cfg: &SimConfig, note: &mut dyn FnMut(&str)) -> anyhow::Result<SimRun
     }
 
     let mut queue = Queue::open(&Queue::path_in(&state_dir))?;
-    let mut state = StateStore::open(&state_dir)?;
+    let mut state = StateStore::open_for(&plan, Some(&state_dir))?;
     let db_path = match &plan.config.target {
         crate::config::model::ProviderConfig::Sqlite(c) => plan.resolve(&c.path),
         other => anyhow::bail!("simulate drives a sqlite target, not {}", other.kind()),

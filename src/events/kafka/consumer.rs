@@ -11,7 +11,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Display;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,6 +24,7 @@ use tokio::task::JoinSet;
 
 use super::KafkaSource;
 use super::decode::decode;
+use crate::events::QueueOpener;
 use crate::events::metrics::SourceCounters;
 use crate::events::queue::{Incoming, KafkaOffset, Queue};
 
@@ -84,8 +84,8 @@ fn short(e: &KafkaError) -> String {
     }
 }
 
-/// Consumes `src` into the queue at `queue_path` until `stop` turns true.
-pub async fn run(src: KafkaSource, queue_path: PathBuf, mut stop: watch::Receiver<bool>) {
+/// Consumes `src` into the queue `open` opens until `stop` turns true.
+pub async fn run(src: KafkaSource, open: QueueOpener, mut stop: watch::Receiver<bool>) {
     let counters = SourceCounters::new(&src.name);
     let mut queue: Option<Arc<Mutex<Queue>>> = None;
     let mut delay = RETRY_FIRST;
@@ -93,7 +93,7 @@ pub async fn run(src: KafkaSource, queue_path: PathBuf, mut stop: watch::Receive
         let mut progressed = false;
         let began = tokio::time::Instant::now();
         let ended = tokio::select! {
-            r = session(&src, &queue_path, &mut queue, &counters, &mut progressed) => r,
+            r = session(&src, &open, &mut queue, &counters, &mut progressed) => r,
             _ = stop.wait_for(|s| *s) => return,
         };
         // A session that stored something, or ran a while, was healthy: retry soon.
@@ -125,7 +125,7 @@ struct Fetched {
 /// changed), or the error.
 async fn session(
     src: &KafkaSource,
-    queue_path: &std::path::Path,
+    open: &QueueOpener,
     queue: &mut Option<Arc<Mutex<Queue>>>,
     counters: &SourceCounters,
     progressed: &mut bool,
@@ -133,8 +133,8 @@ async fn session(
     let q = match queue {
         Some(q) => q.clone(),
         None => {
-            let path = queue_path.to_path_buf();
-            let opened = blocking(move || Queue::open(&path).map_err(|e| e.to_string())).await?;
+            let open = open.clone();
+            let opened = blocking(move || open().map_err(|e| e.to_string())).await?;
             queue.insert(Arc::new(Mutex::new(opened))).clone()
         }
     };

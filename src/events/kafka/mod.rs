@@ -7,7 +7,7 @@
 //! ```
 //!
 //! * **Offsets live in the queue.** The next offset of every partition is stored in
-//!   the queue file (`kafka_offsets`, keyed by source, group, topic and partition)
+//!   the queue (`kafka_offsets`, keyed by source, group, topic and partition)
 //!   in the same SQLite transaction as the events read before it. So an offset is
 //!   committed exactly when those events are durably queued: a crash (even
 //!   `kill -9`) re-reads from the last commit, and what is re-read is dropped by the
@@ -26,7 +26,6 @@
 pub mod consumer;
 pub mod decode;
 
-use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
 use crate::config::check::Plan;
@@ -69,9 +68,9 @@ pub struct Consumers {
 }
 
 impl Consumers {
-    /// Starts consuming every source into the queue at `queue_path`. With no
+    /// Starts consuming every source into the queue `open` opens. With no
     /// sources, starts nothing.
-    pub fn start(sources: Vec<KafkaSource>, queue_path: &Path) -> anyhow::Result<Consumers> {
+    pub fn start(sources: Vec<KafkaSource>, open: crate::events::QueueOpener) -> anyhow::Result<Consumers> {
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         if sources.is_empty() {
             return Ok(Consumers { stop, thread: None });
@@ -82,14 +81,13 @@ impl Consumers {
             .enable_all()
             .build()
             .map_err(|e| anyhow::anyhow!("cannot start the Kafka consumers' runtime: {e}"))?;
-        let queue_path: PathBuf = queue_path.to_path_buf();
         let thread = std::thread::Builder::new()
             .name("stockshift-kafka".into())
             .spawn(move || {
                 rt.block_on(async move {
                     let mut tasks = tokio::task::JoinSet::new();
                     for s in sources {
-                        tasks.spawn(consumer::run(s, queue_path.clone(), stop_rx.clone()));
+                        tasks.spawn(consumer::run(s, open.clone(), stop_rx.clone()));
                     }
                     while tasks.join_next().await.is_some() {}
                 });

@@ -146,7 +146,7 @@ fn quote_table(name: &str) -> String {
 
 /// Whether a database error is worth retrying: the server or the connection
 /// failed, or the transaction lost a race it can win the next time.
-fn transient_code(code: &str) -> bool {
+pub(crate) fn transient_code(code: &str) -> bool {
     code.starts_with("08") // connection exception
         || code.starts_with("53") // insufficient resources (too many connections, out of memory, disk full)
         || code.starts_with("57P") // admin shutdown, crash shutdown, cannot connect now
