@@ -188,7 +188,6 @@ pub fn replay_to(
     }
     let lock_store = state.reopen()?;
     let _guard = lock_store.lock(OpKind::Replay.as_str(), &opts.actor, opts.lock_timeout).map_err(ApplyError::from)?;
-    crate::ops::apply::recover_interrupted(state, target)?;
     replay_scope(plan, state, queue, target, opts, None)
 }
 
@@ -203,8 +202,9 @@ pub struct Scope<'a> {
 }
 
 /// One replay of the queued events of `scope`'s partitions (all events when
-/// `None`); the caller holds the lock that makes it the only writer there and
-/// has recovered interrupted operations.
+/// `None`); the caller holds the lock that makes it the only writer there. With
+/// a scope, the caller has also recovered that scope's interrupted operations;
+/// without one, they are recovered here before the first write.
 pub fn replay_scope(
     plan: &Plan,
     state: &mut StateStore,
@@ -383,6 +383,9 @@ pub fn replay_scope(
     let mut bad_targets: HashSet<Key> = HashSet::new();
     if !writes.is_empty() {
         let run_id = uuid::Uuid::new_v4().to_string();
+        if scope.is_none() {
+            crate::ops::apply::recover_interrupted(state, target)?;
+        }
         let op = state.begin_scoped(
             OpKind::Replay,
             &NewOperation {
